@@ -1,0 +1,1 @@
+"""One module per command: parses nothing, prints through `ui`, returns an exit code."""

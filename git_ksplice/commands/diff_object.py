@@ -1,0 +1,98 @@
+"""`git ksplice diff-object`: the object differ as a plumbing command."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from rich.table import Table
+
+from git_ksplice import ui
+from git_ksplice.elf.diff import DiffResult, Options, diff_objects
+from git_ksplice.elf.model import read_object
+from git_ksplice.elf.writer import serialize
+from git_ksplice.errors import EXIT_NO_CHANGE, EXIT_OK, EXIT_REFUSED, InputError
+
+
+def parse_entry_sizes(values: tuple[str, ...]) -> dict[str, int]:
+    sizes = {}
+    for v in values:
+        name, sep, num = v.partition("=")
+        if not sep or not num.isdigit() or int(num) <= 0:
+            raise InputError(f"--entry-size {v!r}: expected SECTION=N with N > 0, "
+                             "e.g. --entry-size __bug_table=12")
+        sizes[name] = int(num)
+    return sizes
+
+
+def run(orig: str, patched: str, *, output: str | None, as_json: bool, target: str,
+        entry_sizes: tuple[str, ...]) -> int:
+    options = Options(target=target, entry_sizes=parse_entry_sizes(entry_sizes))
+    res = diff_objects(read_object(orig), read_object(patched), options)
+    written = None
+    if output and res.result == "changed" and res.output_sections is not None:
+        assert res.output_symbols is not None
+        data = serialize(res.output_sections, res.output_symbols)
+        _atomic_write(output, data)
+        written = output
+    if as_json:
+        ui.print_json(res.as_json(written))
+    else:
+        _show(res, written)
+    if res.result == "refused":
+        return EXIT_REFUSED
+    if res.result == "unchanged":
+        if not as_json:
+            ui.console.print("No changes detected.")
+        return EXIT_NO_CHANGE
+    return EXIT_OK
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ksplice-", suffix=".o")
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {e.strerror}") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _show(res: DiffResult, written: str | None) -> None:
+    c = ui.console
+    if res.changed or res.new:
+        t = Table(title="Functions", title_justify="left", show_edge=False)
+        t.add_column("function")
+        t.add_column("status")
+        t.add_column("size", justify="right")
+        t.add_column("why")
+        for f in res.changed:
+            t.add_row(f.name, "changed", str(f.size), f.reason)
+        for f in res.new:
+            t.add_row(f.name, "new", str(f.size), "")
+        c.print(t)
+    others = [i for i in res.included if i["kind"] != "function" or not any(
+        i["name"] == f.name for f in res.changed + res.new)]
+    if others:
+        t = Table(title="Also included", title_justify="left", show_edge=False)
+        t.add_column("what")
+        t.add_column("section")
+        t.add_column("why")
+        for i in others:
+            t.add_row(i["name"], i["section"], i["why"])
+        c.print(t)
+    kept = [s for s in res.special_sections if s["kept"]]
+    if kept:
+        c.print("Special sections: " + ", ".join(
+            f"{s['name']} {s['kept']}/{s['entries']} entries of {s['entry_size']} bytes"
+            for s in kept))
+    for i in res.ignored:
+        c.print(f"[dim]ignored:[/] {i.symbol}: {i.message}")
+    for w in res.warnings:
+        c.print(f"[yellow]warning:[/] {w.symbol or w.section}: {w.message}")
+    for r in res.refusals:
+        where = " in ".join(x for x in (r.symbol, r.section) if x)
+        c.print(f"[bold red]refused:[/] {where}: {r.message}")
+    if written:
+        c.print(f"Wrote {written}")

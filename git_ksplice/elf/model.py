@@ -1,0 +1,400 @@
+"""The in-memory model of an x86_64 relocatable ELF object.
+
+Everything the differ and the writer need is held here with object references instead of
+indices: a relocation points at a `Symbol`, a symbol at its `Section`. The writer re-derives
+every index, so the differ can drop, add and reorder sections and symbols freely.
+
+pyelftools reads the ELF and section headers (it copes with the `e_shnum == 0` /
+`SHN_XINDEX` forms that objects with more than 65,280 sections use). The symbol and
+relocation tables, which hold most of an object's entries, are decoded here with
+`struct.iter_unpack`: building one pyelftools object per entry costs seconds on a large
+kernel object, and the diff of a 400 KB object must take well under one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from git_ksplice.errors import InputError
+
+# ELF constants used across the engine (values from the System V ABI and the x86_64 psABI).
+ET_REL = 1
+EM_X86_64 = 62
+
+SHT_NULL = 0
+SHT_PROGBITS = 1
+SHT_SYMTAB = 2
+SHT_STRTAB = 3
+SHT_RELA = 4
+SHT_NOBITS = 8
+SHT_REL = 9
+SHT_GROUP = 17
+SHT_SYMTAB_SHNDX = 18
+
+SHF_WRITE = 0x1
+SHF_ALLOC = 0x2
+SHF_EXECINSTR = 0x4
+SHF_MERGE = 0x10
+SHF_STRINGS = 0x20
+SHF_INFO_LINK = 0x40
+SHF_LINK_ORDER = 0x80
+SHF_GROUP = 0x200
+
+SHN_UNDEF = 0
+SHN_LORESERVE = 0xFF00
+SHN_ABS = 0xFFF1
+SHN_COMMON = 0xFFF2
+SHN_XINDEX = 0xFFFF
+
+STB_LOCAL = 0
+STB_GLOBAL = 1
+STB_WEAK = 2
+
+STT_NOTYPE = 0
+STT_OBJECT = 1
+STT_FUNC = 2
+STT_SECTION = 3
+STT_FILE = 4
+
+R_X86_64_NONE = 0
+R_X86_64_64 = 1
+R_X86_64_PC32 = 2
+R_X86_64_PLT32 = 4
+R_X86_64_32 = 10
+R_X86_64_32S = 11
+R_X86_64_PC64 = 24
+
+RELOC_NAMES = {
+    0: "R_X86_64_NONE",
+    1: "R_X86_64_64",
+    2: "R_X86_64_PC32",
+    4: "R_X86_64_PLT32",
+    9: "R_X86_64_GOTPCREL",
+    10: "R_X86_64_32",
+    11: "R_X86_64_32S",
+    24: "R_X86_64_PC64",
+    41: "R_X86_64_GOTPCRELX",
+    42: "R_X86_64_REX_GOTPCRELX",
+}
+#: Bytes patched by each relocation type the kernel's module loader supports on x86_64.
+RELOC_SIZES = {0: 0, 1: 8, 2: 4, 4: 4, 10: 4, 11: 4, 24: 8}
+PC_RELATIVE = frozenset({R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_PC64})
+
+BIND_NAMES = {STB_LOCAL: "local", STB_GLOBAL: "global", STB_WEAK: "weak"}
+
+
+@dataclass(eq=False)
+class Symbol:
+    name: str
+    value: int
+    size: int
+    bind: int
+    type: int
+    other: int = 0
+    section: Section | None = None
+    #: For section indices without a section: SHN_UNDEF, SHN_ABS or SHN_COMMON.
+    special_shndx: int = SHN_UNDEF
+    #: The STT_FILE symbol that opens the block a local symbol belongs to.
+    file: str | None = None
+    index: int = 0
+
+    @property
+    def defined(self) -> bool:
+        return self.section is not None
+
+    @property
+    def is_local(self) -> bool:
+        return self.bind == STB_LOCAL
+
+    @property
+    def info(self) -> int:
+        return (self.bind << 4) | self.type
+
+    def __repr__(self) -> str:
+        where = self.section.name if self.section else "UND"
+        return f"<Symbol {self.name!r} {where}+{self.value:#x} size {self.size}>"
+
+
+@dataclass(eq=False)
+class Reloc:
+    offset: int
+    type: int
+    symbol: Symbol
+    addend: int
+
+    def __repr__(self) -> str:
+        kind = RELOC_NAMES.get(self.type, str(self.type))
+        return f"<Reloc +{self.offset:#x} {kind} {self.symbol.name}{self.addend:+#x}>"
+
+
+@dataclass(eq=False)
+class Section:
+    name: str
+    type: int
+    flags: int
+    data: bytes
+    size: int
+    addralign: int = 1
+    entsize: int = 0
+    index: int = 0
+    #: Relocations that apply to this section (read from, and written to, `.rela<name>`).
+    relocs: list[Reloc] = field(default_factory=list)
+    #: Flags of the RELA section that carried the relocations (kept by the writer).
+    rela_flags: int = SHF_INFO_LINK
+    #: Defined symbols of this section, sorted by value (section symbols excluded).
+    symbols: list[Symbol] = field(default_factory=list)
+    section_symbol: Symbol | None = None
+    #: SHF_LINK_ORDER target.
+    link_to: Section | None = None
+    #: For SHT_GROUP sections: the signature symbol, group flags and member sections.
+    group_signature: Symbol | None = None
+    group_flags: int = 0
+    group_members: list[Section] = field(default_factory=list)
+    _starts: list[int] | None = field(default=None, repr=False)
+
+    @property
+    def is_text(self) -> bool:
+        return bool(self.flags & SHF_EXECINSTR)
+
+    def symbol_at(self, offset: int) -> Symbol | None:
+        """The FUNC or OBJECT symbol whose bytes contain `offset` (a zero-size one at it)."""
+        if self._starts is None:
+            self.symbols.sort(key=lambda s: (s.value, -s.size))
+            self._starts = [s.value for s in self.symbols]
+        i = bisect.bisect_right(self._starts, offset) - 1
+        best = None
+        while i >= 0:
+            sym = self.symbols[i]
+            if sym.value <= offset < sym.value + sym.size or (
+                sym.size == 0 and sym.value == offset
+            ):
+                if sym.type in (STT_FUNC, STT_OBJECT):
+                    return sym
+                best = best or sym
+            if self._starts[i] + 0x100000 < offset:
+                break
+            i -= 1
+        return best
+
+    def invalidate_symbol_index(self) -> None:
+        self._starts = None
+
+    def string_at(self, offset: int) -> bytes:
+        end = self.data.find(b"\0", offset)
+        return self.data[offset : end if end >= 0 else len(self.data)]
+
+    def __repr__(self) -> str:
+        return f"<Section {self.name!r} size {self.size}>"
+
+
+@dataclass(eq=False)
+class ElfObject:
+    path: str
+    sections: list[Section]
+    symbols: list[Symbol]
+    e_flags: int = 0
+    e_ident_osabi: int = 0
+
+    def section(self, name: str) -> Section | None:
+        for sec in self.sections:
+            if sec.name == name:
+                return sec
+        return None
+
+    def functions(self) -> Iterator[Symbol]:
+        return (s for s in self.symbols if s.type == STT_FUNC and s.defined)
+
+
+_SYM = struct.Struct("<IBBHQQ")
+_RELA = struct.Struct("<QQq")
+
+
+def read_object(path: str | Path) -> ElfObject:
+    """Read an x86_64 ELF64 relocatable object, or raise InputError saying what is wrong."""
+    path = str(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
+    if raw[:4] != b"\x7fELF":
+        raise InputError(f"{path} is not an ELF object (no ELF magic)")
+    try:
+        return _parse(path, raw)
+    except (ELFError, struct.error, IndexError, ValueError) as e:
+        raise InputError(f"{path} is a malformed ELF object: {e}") from None
+
+
+def _parse(path: str, raw: bytes) -> ElfObject:
+    import io
+
+    elf = ELFFile(io.BytesIO(raw))
+    if elf.elfclass != 64 or not elf.little_endian:
+        raise InputError(f"{path} is not a 64-bit little-endian ELF object")
+    if elf["e_type"] != "ET_REL":
+        raise InputError(f"{path} is not a relocatable object (type {elf['e_type']}); "
+                         "pass the .o files kbuild compiles, not linked images")
+    if elf["e_machine"] != "EM_X86_64":
+        raise InputError(f"{path} is for {elf['e_machine']}; only x86_64 objects are supported")
+
+    headers = []
+    names = []
+    for sec in elf.iter_sections():
+        headers.append(sec.header)
+        names.append(sec.name)
+    symtab_indices = [i for i, h in enumerate(headers) if h["sh_type"] == "SHT_SYMTAB"]
+    if len(symtab_indices) != 1:
+        raise InputError(f"{path} has {len(symtab_indices)} symbol tables; expected one "
+                         "(was it stripped with --strip-all?)")
+    shstrndx = elf["e_shstrndx"] if elf["e_shstrndx"] != SHN_XINDEX else headers[0]["sh_link"]
+    skip_strtabs = {shstrndx, headers[symtab_indices[0]]["sh_link"]}
+
+    def content(h) -> bytes:
+        if h["sh_type"] == "SHT_NOBITS":
+            return b""
+        off, size = h["sh_offset"], h["sh_size"]
+        if off + size > len(raw):
+            raise ValueError(f"section at {off:#x}+{size:#x} runs past the end of the file")
+        return raw[off : off + size]
+
+    sections: list[Section | None] = [None] * len(headers)
+    symtab_h = None
+    shndx_table: tuple[int, ...] = ()
+    rela_headers = []
+    group_headers = []
+    for i, h in enumerate(headers):
+        t = _sh_type(h["sh_type"])
+        if t == SHT_NULL:
+            continue
+        if t == SHT_SYMTAB:
+            symtab_h = (i, h)
+            continue
+        if t == SHT_SYMTAB_SHNDX:
+            shndx_table = tuple(x[0] for x in struct.iter_unpack("<I", content(h)))
+            continue
+        if t == SHT_REL:
+            raise InputError(f"{path}: REL relocation section {names[i]} (x86_64 uses RELA)")
+        if t == SHT_RELA:
+            rela_headers.append((i, h))
+            continue
+        if t == SHT_STRTAB and i in skip_strtabs:
+            continue
+        sec = Section(
+            name=names[i],
+            type=t,
+            flags=h["sh_flags"],
+            data=content(h),
+            size=h["sh_size"],
+            addralign=h["sh_addralign"],
+            entsize=h["sh_entsize"],
+            index=i,
+        )
+        sections[i] = sec
+        if t == SHT_GROUP:
+            group_headers.append((i, h))
+    assert symtab_h is not None
+
+    # Symbols.
+    si, sh = symtab_h
+    strtab = content(headers[sh["sh_link"]])
+    symbols: list[Symbol] = []
+    current_file: str | None = None
+    for n, (st_name, st_info, st_other, st_shndx, st_value, st_size) in enumerate(
+        _SYM.iter_unpack(content(sh))
+    ):
+        end = strtab.find(b"\0", st_name)
+        name = strtab[st_name:end].decode("utf-8", "surrogateescape")
+        bind, typ = st_info >> 4, st_info & 0xF
+        shndx = st_shndx
+        if shndx == SHN_XINDEX:
+            shndx = shndx_table[n]
+        sym = Symbol(name, st_value, st_size, bind, typ, st_other, index=n)
+        if shndx == SHN_UNDEF or (SHN_LORESERVE <= shndx and st_shndx != SHN_XINDEX):
+            sym.special_shndx = shndx
+        else:
+            sec = sections[shndx] if shndx < len(sections) else None
+            if sec is None:
+                raise ValueError(f"symbol {name!r} refers to section {shndx} which has no data")
+            sym.section = sec
+        if typ == STT_FILE:
+            current_file = name
+        if bind == STB_LOCAL:
+            sym.file = current_file
+        symbols.append(sym)
+        if sym.section is not None:
+            if typ == STT_SECTION:
+                if sym.section.section_symbol is None:
+                    sym.section.section_symbol = sym
+                if not sym.name:
+                    sym.name = sym.section.name
+            else:
+                sym.section.symbols.append(sym)
+
+    # Relocations.
+    for i, h in rela_headers:
+        target = sections[h["sh_info"]] if h["sh_info"] < len(sections) else None
+        if target is None:
+            # Relocations for sections we do not model (debug info is not relocated here).
+            continue
+        if h["sh_link"] != si:
+            raise ValueError(f"{names[i]} is linked to a symbol table we do not know")
+        relocs = target.relocs
+        for off, info, addend in _RELA.iter_unpack(content(h)):
+            relocs.append(Reloc(off, info & 0xFFFFFFFF, symbols[info >> 32], addend))
+        target.rela_flags = h["sh_flags"]
+        relocs.sort(key=lambda r: r.offset)
+
+    for i, h in group_headers:
+        g = sections[i]
+        assert g is not None
+        words = [w[0] for w in struct.iter_unpack("<I", g.data)]
+        g.group_flags = words[0] if words else 0
+        g.group_members = [sections[w] for w in words[1:] if sections[w] is not None]
+        g.group_signature = symbols[h["sh_info"]]
+    for i, h in enumerate(headers):
+        sec = sections[i]
+        if sec is not None and sec.flags & SHF_LINK_ORDER and h["sh_link"]:
+            sec.link_to = sections[h["sh_link"]]
+
+    return ElfObject(
+        path=path,
+        sections=[s for s in sections if s is not None],
+        symbols=symbols,
+        e_flags=elf["e_flags"],
+        e_ident_osabi=raw[7],
+    )
+
+
+_SH_TYPES = {
+    "SHT_NULL": SHT_NULL,
+    "SHT_PROGBITS": SHT_PROGBITS,
+    "SHT_SYMTAB": SHT_SYMTAB,
+    "SHT_STRTAB": SHT_STRTAB,
+    "SHT_RELA": SHT_RELA,
+    "SHT_NOBITS": SHT_NOBITS,
+    "SHT_REL": SHT_REL,
+    "SHT_GROUP": SHT_GROUP,
+    "SHT_SYMTAB_SHNDX": SHT_SYMTAB_SHNDX,
+    "SHT_NOTE": 7,
+    "SHT_INIT_ARRAY": 14,
+    "SHT_FINI_ARRAY": 15,
+    "SHT_PREINIT_ARRAY": 16,
+    "SHT_X86_64_UNWIND": 0x70000001,
+    "SHT_GNU_ATTRIBUTES": 0x6FFFFFF5,
+}
+
+
+def _sh_type(value: object) -> int:
+    if isinstance(value, int):
+        return value
+    try:
+        return _SH_TYPES[str(value)]
+    except KeyError:
+        raise ValueError(f"unsupported section type {value}") from None

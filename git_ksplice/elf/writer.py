@@ -1,0 +1,198 @@
+"""An ELF64 writer for x86_64 relocatable objects (pyelftools only reads).
+
+The caller hands over sections and symbols as model objects; every index is derived here:
+section indices (with the `SHN_XINDEX` escape and a `.symtab_shndx` table once they reach
+`SHN_LORESERVE`), one `.rela<name>` per section that has relocations (placed right after it,
+as gcc does), the symbol table with all locals before the first global (`sh_info`), and the
+string tables. Group sections get their member indices rewritten, `SHF_LINK_ORDER` sections
+their `sh_link`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from pathlib import Path
+
+from git_ksplice.elf.model import (
+    SHF_GROUP,
+    SHF_INFO_LINK,
+    SHN_LORESERVE,
+    SHN_XINDEX,
+    SHT_GROUP,
+    SHT_NOBITS,
+    SHT_RELA,
+    SHT_STRTAB,
+    SHT_SYMTAB,
+    SHT_SYMTAB_SHNDX,
+    STB_LOCAL,
+    STT_SECTION,
+    Section,
+    Symbol,
+)
+
+_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+_SHDR = struct.Struct("<IIQQQQIIQQ")
+_SYM = struct.Struct("<IBBHQQ")
+_RELA = struct.Struct("<QQq")
+
+
+class _StringTable:
+    def __init__(self) -> None:
+        self.data = bytearray(b"\0")
+        self.offsets: dict[str, int] = {"": 0}
+
+    def add(self, s: str) -> int:
+        off = self.offsets.get(s)
+        if off is None:
+            off = len(self.data)
+            self.data += s.encode("utf-8", "surrogateescape") + b"\0"
+            self.offsets[s] = off
+        return off
+
+
+class _Header:
+    __slots__ = ("addralign", "data", "entsize", "flags", "info", "link", "name", "size", "type")
+
+    def __init__(self, name: str, type_: int, flags: int, data: bytes, *, size: int | None = None,
+                 link: int = 0, info: int = 0, addralign: int = 1, entsize: int = 0) -> None:
+        self.name, self.type, self.flags, self.data = name, type_, flags, data
+        self.size = len(data) if size is None else size
+        self.link, self.info, self.addralign, self.entsize = link, info, addralign, entsize
+
+
+def serialize(sections: Iterable[Section], symbols: Iterable[Symbol], *, e_flags: int = 0,
+              osabi: int = 0) -> bytes:
+    """Lay out a relocatable object holding `sections` and `symbols`.
+
+    Symbols must include every symbol that a relocation refers to; the null symbol is added
+    here. Locals keep their relative order (callers put each FILE symbol before its block).
+    """
+    sections = list(sections)
+    symbols = [s for s in symbols]
+    locals_ = [s for s in symbols if s.bind == STB_LOCAL]
+    globals_ = [s for s in symbols if s.bind != STB_LOCAL]
+    ordered = locals_ + globals_
+    sym_index = {id(s): i + 1 for i, s in enumerate(ordered)}
+
+    # Section indices: each content section, then its relocation section right after it.
+    sec_index: dict[int, int] = {}
+    rela_of: dict[int, int] = {}
+    n = 1
+    for sec in sections:
+        sec_index[id(sec)] = n
+        n += 1
+        if sec.relocs:
+            rela_of[id(sec)] = n
+            n += 1
+    symtab_i = n
+    n_total = symtab_i + 3  # .symtab, .strtab, .shstrtab
+    need_xindex = n_total >= SHN_LORESERVE
+    if need_xindex:
+        n_total += 1
+    strtab_i = symtab_i + 1
+    shndx_i = strtab_i + 1 if need_xindex else None
+    shstrtab_i = n_total - 1
+    headers: list[_Header | None] = [None] * n_total
+
+    for sec in sections:
+        i = sec_index[id(sec)]
+        link = info = 0
+        data = sec.data
+        if sec.type == SHT_GROUP:
+            link = symtab_i
+            if sec.group_signature is None or id(sec.group_signature) not in sym_index:
+                raise ValueError(f"group {sec.name} has no signature symbol in the output")
+            info = sym_index[id(sec.group_signature)]
+            members = []
+            for m in sec.group_members:
+                if id(m) in sec_index:
+                    members.append(sec_index[id(m)])
+                    if id(m) in rela_of:
+                        members.append(rela_of[id(m)])
+            data = struct.pack(f"<{1 + len(members)}I", sec.group_flags, *members)
+        elif sec.link_to is not None:
+            link = sec_index[id(sec.link_to)]
+        headers[i] = _Header(sec.name, sec.type, sec.flags, b"" if sec.type == SHT_NOBITS else
+                             data, size=sec.size if sec.type == SHT_NOBITS else len(data),
+                             link=link, info=info, addralign=sec.addralign, entsize=sec.entsize)
+        if id(sec) in rela_of:
+            buf = bytearray()
+            for r in sec.relocs:
+                try:
+                    si = sym_index[id(r.symbol)]
+                except KeyError:
+                    raise ValueError(f"relocation in {sec.name} refers to symbol "
+                                     f"{r.symbol.name!r} which is not written") from None
+                buf += _RELA.pack(r.offset, (si << 32) | r.type, r.addend)
+            flags = sec.rela_flags | SHF_INFO_LINK
+            if sec.flags & SHF_GROUP:
+                flags |= SHF_GROUP
+            headers[rela_of[id(sec)]] = _Header(".rela" + sec.name, SHT_RELA, flags, bytes(buf),
+                                                link=symtab_i, info=i, addralign=8, entsize=24)
+
+    # Symbol table.
+    strtab = _StringTable()
+    symdata = bytearray(_SYM.size)
+    shndx_words = [0]
+    for sym in ordered:
+        if sym.section is not None:
+            shndx = sec_index.get(id(sym.section))
+            if shndx is None:
+                raise ValueError(f"symbol {sym.name!r} is defined in section "
+                                 f"{sym.section.name!r} which is not written")
+        else:
+            shndx = sym.special_shndx
+        name = "" if sym.type == STT_SECTION else sym.name
+        if sym.section is not None and shndx >= SHN_LORESERVE:
+            shndx_words.append(shndx)
+            shndx = SHN_XINDEX
+        else:
+            shndx_words.append(0)
+        symdata += _SYM.pack(strtab.add(name), sym.info, sym.other, shndx, sym.value, sym.size)
+    headers[symtab_i] = _Header(".symtab", SHT_SYMTAB, 0, bytes(symdata), link=strtab_i,
+                                info=len(locals_) + 1, addralign=8, entsize=_SYM.size)
+    if shndx_i is not None:
+        headers[shndx_i] = _Header(".symtab_shndx", SHT_SYMTAB_SHNDX, 0,
+                                   struct.pack(f"<{len(shndx_words)}I", *shndx_words),
+                                   link=symtab_i, addralign=4, entsize=4)
+    headers[strtab_i] = _Header(".strtab", SHT_STRTAB, 0, bytes(strtab.data))
+
+    shstrtab = _StringTable()
+    names = [shstrtab.add(h.name) if h else 0 for h in headers[:-1]]
+    names.append(shstrtab.add(".shstrtab"))
+    headers[shstrtab_i] = _Header(".shstrtab", SHT_STRTAB, 0, bytes(shstrtab.data))
+    assert len(headers) == n_total
+
+    # Layout: ELF header, contents, section header table.
+    out = bytearray(_EHDR.size)
+    offsets = [0] * n_total
+    for i, h in enumerate(headers):
+        if h is None or h.type == SHT_NOBITS:
+            continue
+        align = max(h.addralign, 1)
+        out += b"\0" * (-len(out) % align)
+        offsets[i] = len(out)
+        out += h.data
+    out += b"\0" * (-len(out) % 8)
+    shoff = len(out)
+    shnum = n_total
+    for i, h in enumerate(headers):
+        if h is None:
+            out += _SHDR.pack(0, 0, 0, 0, 0, shnum if shnum >= SHN_LORESERVE else 0,
+                              shstrtab_i if shstrtab_i >= SHN_LORESERVE else 0, 0, 0, 0)
+            continue
+        out += _SHDR.pack(names[i], h.type, h.flags, 0, offsets[i], h.size, h.link, h.info,
+                          h.addralign, h.entsize)
+    ident = b"\x7fELF" + bytes([2, 1, 1, osabi]) + b"\0" * 8
+    out[: _EHDR.size] = _EHDR.pack(
+        ident, 1, 62, 1, 0, 0, shoff, e_flags, _EHDR.size, 0, 0, _SHDR.size,
+        0 if shnum >= SHN_LORESERVE else shnum,
+        SHN_XINDEX if shstrtab_i >= SHN_LORESERVE else shstrtab_i,
+    )
+    return bytes(out)
+
+
+def write_object(path: str | Path, sections: Iterable[Section], symbols: Iterable[Symbol], *,
+                 e_flags: int = 0, osabi: int = 0) -> None:
+    Path(path).write_bytes(serialize(sections, symbols, e_flags=e_flags, osabi=osabi))
