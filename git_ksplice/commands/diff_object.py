@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 
@@ -54,9 +55,17 @@ def _atomic_write(path: str, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ksplice-", suffix=".o")
     except OSError as e:
         raise InputError(f"cannot write {path}: {e.strerror}") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def _show(res: DiffResult, written: str | None) -> None:

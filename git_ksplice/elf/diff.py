@@ -32,6 +32,7 @@ from git_ksplice.elf.model import (
     RELOC_SIZES,
     SHF_ALLOC,
     SHF_GROUP,
+    SHF_STRINGS,
     SHF_WRITE,
     SHN_ABS,
     SHN_UNDEF,
@@ -55,6 +56,7 @@ from git_ksplice.elf.sections import TABLES, Kind, classify, infer_entry_size
 from git_ksplice.elf.x86 import LINE_CONSUMERS, FunctionCode, is_line_argument_load
 
 SCHEMA_VERSION = 1
+_PREFIXES = ("__pfx_", "__cfi_")
 
 
 @dataclass
@@ -199,9 +201,11 @@ class _Side:
         self.kind: dict[int, Kind] = {id(s): classify(s) for s in obj.sections}
         self.units: list[Unit] = []
         self.unit_of_symbol: dict[int, Unit] = {}
-        self.anon_unit: dict[int, Unit] = {}
+        #: Units of sections without named symbols, by section id, sorted by offset.
+        self.anon_units: dict[int, list[Unit]] = {}
         self._code: dict[int, FunctionCode] = {}
         self._targets: dict[int, Target] = {}
+        cuts = self._aux_cuts(obj)
         for sec in obj.sections:
             kind = self.kind[id(sec)]
             if sec.type == SHT_GROUP:
@@ -211,13 +215,36 @@ class _Side:
                 u = Unit(sec, sym.value, sym.size, sym, kind)
                 self.units.append(u)
                 self.unit_of_symbol[id(sym)] = u
-            if not named and kind not in (Kind.IGNORED,):
-                u = Unit(sec, 0, sec.size, None, kind)
+            if named or kind == Kind.IGNORED:
+                continue
+            # Code reached only through tables (alternative replacements, exception fixups)
+            # is cut where entries point, so an update carries only the pieces it needs.
+            bounds = sorted({0, *cuts.get(id(sec), ())} | {sec.size}) if kind == Kind.AUX_TEXT \
+                else [0, sec.size]
+            pieces = []
+            for a, b in zip(bounds, bounds[1:], strict=False):
+                u = Unit(sec, a, b - a, None, kind)
+                pieces.append(u)
                 self.units.append(u)
-                self.anon_unit[id(sec)] = u
+            if not pieces:
+                pieces.append(Unit(sec, 0, 0, None, kind))
+                self.units.append(pieces[0])
+            self.anon_units[id(sec)] = pieces
         for u in self.units:
             if u.is_function:
                 u.fentry = _fentry_offset(u)
+
+    def _aux_cuts(self, obj: ElfObject) -> dict[int, set[int]]:
+        cuts: dict[int, set[int]] = defaultdict(set)
+        for sec in obj.sections:
+            if sec.is_text:
+                continue
+            for r in sec.relocs:
+                t = r.symbol.section
+                if r.symbol.type == STT_SECTION and t is not None and \
+                        self.kind[id(t)] == Kind.AUX_TEXT and 0 < r.addend < t.size:
+                    cuts[id(t)].add(r.addend)
+        return cuts
 
     def kind_of(self, sec: Section | None) -> Kind | None:
         return None if sec is None else self.kind[id(sec)]
@@ -233,7 +260,16 @@ class _Side:
         sym = sec.symbol_at(offset)
         if sym is not None and id(sym) in self.unit_of_symbol:
             return self.unit_of_symbol[id(sym)]
-        return self.anon_unit.get(id(sec))
+        return self.anon_at(sec, offset)
+
+    def anon_at(self, sec: Section, offset: int) -> Unit | None:
+        pieces = self.anon_units.get(id(sec))
+        if not pieces:
+            return None
+        for u in pieces:
+            if u.start <= offset < u.start + u.size:
+                return u
+        return pieces[-1] if offset >= pieces[-1].start else pieces[0]
 
     def target(self, reloc: Reloc, owner: Unit | None) -> Target:
         t = self._targets.get(id(reloc))
@@ -482,9 +518,11 @@ class _Differ:
         sym = t.symbol
         if sym is not None and names.is_special_static(sym.name, sec.name if sec else None):
             return ("special", names.demangle(sym.name), t.addend)
-        if kind == Kind.STRINGS and sec is not None:
+        if sec is not None and (kind == Kind.STRINGS or sec.flags & SHF_STRINGS):
             off = t.offset if sym is None else sym.value + t.offset
             return ("string", sec.string_at(off), 0)
+        if sym is not None and sym.type == STT_NOTYPE and sym.is_local:
+            return ("label", sym.name, t.addend)  # assembler labels are never correlated
         if sym is not None:
             ident = sym
             if patched:
@@ -531,7 +569,13 @@ class _Differ:
             o = self.twin_p.get(id(u.symbol))
             return self.o.unit_of_symbol.get(id(o)) if o is not None else None
         osec = self.sec_twin_p.get(id(u.section))
-        return self.o.anon_unit.get(id(osec)) if osec is not None else None
+        if osec is None:
+            return None
+        pieces_o = self.o.anon_units.get(id(osec), [])
+        pieces_p = self.p.anon_units.get(id(u.section), [])
+        if len(pieces_o) != len(pieces_p):
+            return None
+        return pieces_o[pieces_p.index(u)]
 
     def _difference(self, o: Unit, p: Unit) -> str:
         if o.size != p.size:
@@ -608,7 +652,7 @@ class _Differ:
                     tu = self._unit_of_target(t)
                     if tu is None or tu is u or self.status.get(id(tu)) != _CHANGED:
                         continue
-                    if tu.kind in (Kind.RODATA, Kind.STRINGS, Kind.AUX_TEXT) or (
+                    if tu.kind in (Kind.RODATA, Kind.STRINGS) or (
                         tu.is_function and t.offset != 0 and r.type not in (R_X86_64_NONE,)
                         and not _is_entry_reference(r, t)
                     ):
@@ -623,7 +667,7 @@ class _Differ:
         if t.symbol is not None:
             return self.p.unit_of_symbol.get(id(t.symbol))
         if t.section is not None:
-            return self.p.anon_unit.get(id(t.section))
+            return self.p.anon_at(t.section, t.offset)
         return None
 
     # -- what cannot be traced -----------------------------------------------------------
@@ -696,7 +740,7 @@ class _Differ:
             kind = u.kind
             if st == _SAME:
                 continue
-            special = u.symbol is not None and names.is_special_static(u.name, u.section.name)
+            special = names.is_special_static(u.name, u.section.name)
             if kind == Kind.INIT and st == _CHANGED:
                 what = "function" if u.is_function else "data"
                 refuse.append(Finding(u.name, u.section.name,
@@ -758,13 +802,21 @@ class _Differ:
         if id(u) in self.included:
             return False
         self.included[id(u)] = (u, why)
+        if u.is_function and u.start >= 16:
+            # The padding gcc puts before a function for call-depth tracking and CFI/IBT
+            # (`__pfx_foo`, `__cfi_foo`) belongs with it.
+            for prefix in _PREFIXES:
+                pfx = next((s for s in u.section.symbols if s.name == prefix + u.name), None)
+                if pfx is not None and id(pfx) in self.p.unit_of_symbol:
+                    pu = self.p.unit_of_symbol[id(pfx)]
+                    self.included.setdefault(id(pu), (pu, f"prefix of {u.name}"))
         return True
 
     def _include(self) -> None:
         work: list[Unit] = []
         for u in self.p.units:
             st = self.status[id(u)]
-            if not u.is_function or u.kind != Kind.TEXT:
+            if not u.is_function or u.kind != Kind.TEXT or u.name.startswith(_PREFIXES):
                 continue
             if st == _CHANGED:
                 why = self.carried.get(id(u), "changed")
@@ -803,7 +855,7 @@ class _Differ:
         st = self.status[id(tu)]
         kind = tu.kind
         sym = tu.symbol
-        if sym is not None and names.is_special_static(sym.name, tu.section.name):
+        if names.is_special_static(tu.name, tu.section.name):
             return f"fresh copy for {user.name}"
         if kind == Kind.STRINGS:
             return f"string literals used by {user.name}"
@@ -925,7 +977,7 @@ class _Differ:
             for r in u.relocs:
                 t = self.p.target(r, u)
                 if self.p.kind_of(t.section) == Kind.INIT and t.symbol is not None \
-                        and u.kind != Kind.INIT:
+                        and u.kind != Kind.INIT and u.symbol is not None:
                     self.res.refusals.append(Finding(
                         u.name, u.section.name,
                         f"refers to {t.symbol.name} in {t.section.name} (__init), which is "
@@ -948,7 +1000,7 @@ class _Differ:
             kind = "function" if u.is_function else ("object" if sym is not None else "section")
             self.res.included.append({"name": u.name, "kind": kind, "section": u.section.name,
                                       "why": why})
-            if not u.is_function or sym is None:
+            if not u.is_function or sym is None or why.startswith("prefix of"):
                 continue
             rep = FunctionReport(u.name, u.section.name, u.size, BIND_NAMES.get(sym.bind, "?"))
             st = self.status[id(u)]
@@ -1143,7 +1195,10 @@ class _Differ:
         mi = self.p.obj.section(".modinfo")
         if mi is None:
             return None
-        strings = [s for s in mi.data.split(b"\0") if s.startswith(b"import_ns=")]
+        # Built-in code records `<module>.import_ns=NS`; the update is a module of its own.
+        strings = [b"import_ns=" + s.split(b"import_ns=", 1)[1]
+                   for s in mi.data.split(b"\0") if s.split(b".")[-1].startswith(b"import_ns=")
+                   or s.startswith(b"import_ns=")]
         if not strings:
             return None
         data = b"".join(s + b"\0" for s in strings)

@@ -33,6 +33,10 @@ _SPECIAL_STATIC_PREFIXES = (
     "__tpstrtab_",
 )
 
+# Compiler-made data with no name a running kernel could be searched for: UBSAN source
+# locations and type descriptors, clang's unnamed constants.
+_UNNAMED_DATA_SECTIONS = (".data..Lubsan", ".data..L__unnamed", ".rodata..L__unnamed")
+
 #: Sections whose every object is per-use-site bookkeeping.
 SPECIAL_STATIC_SECTIONS = frozenset(
     {".data.once", ".data..once", "__verbose", "__dyndbg", ".data..ratelimit"}
@@ -55,6 +59,8 @@ def demangle(name: str) -> str:
 
 def is_special_static(name: str, section_name: str | None) -> bool:
     if section_name in SPECIAL_STATIC_SECTIONS:
+        return True
+    if section_name and section_name.startswith(_UNNAMED_DATA_SECTIONS):
         return True
     return name.startswith(_SPECIAL_STATIC_PREFIXES)
 

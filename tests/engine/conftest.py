@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from elftools.elf.elffile import ELFFile
@@ -265,42 +265,57 @@ def sections_containing(obj: Path, needle: bytes) -> list[str]:
     return found
 
 
+class Reloc(NamedTuple):
+    """One relocation: where it applies, what it refers to, and whether that is defined."""
+
+    offset: int
+    target: str  # symbol name, or the section's name for a section symbol
+    defined: bool  # False for a reference to a symbol outside the object (SHN_UNDEF)
+
+
+def _relocations(elf: ELFFile, section_index: int) -> list[Reloc]:
+    relocs = []
+    for rel_sec in elf.iter_sections():
+        if not isinstance(rel_sec, RelocationSection) or rel_sec["sh_info"] != section_index:
+            continue
+        symtab = elf.get_section(rel_sec["sh_link"])
+        for rel in rel_sec.iter_relocations():
+            sym = symtab.get_symbol(rel["r_info_sym"])
+            name = sym.name
+            if sym["st_info"]["type"] == "STT_SECTION":
+                name = elf.get_section(sym["st_shndx"]).name
+            relocs.append(Reloc(rel["r_offset"], name, sym["st_shndx"] != "SHN_UNDEF"))
+    return sorted(relocs)
+
+
 def relocation_targets(obj: Path, section: str) -> list[tuple[int, str]]:
-    """``(offset, target)`` for each relocation applied to ``section``.
+    """``(offset, target)`` for each relocation applied to ``section``, by offset.
 
     The target is the symbol's name or, for a section symbol, the section's name.
     """
-    targets = []
     with obj.open("rb") as f:
         elf = ELFFile(f)
-        for rel_sec in elf.iter_sections():
-            if not isinstance(rel_sec, RelocationSection):
-                continue
-            if elf.get_section(rel_sec["sh_info"]).name != section:
-                continue
-            symtab = elf.get_section(rel_sec["sh_link"])
-            for rel in rel_sec.iter_relocations():
-                sym = symtab.get_symbol(rel["r_info_sym"])
-                name = sym.name
-                if sym["st_info"]["type"] == "STT_SECTION":
-                    name = elf.get_section(sym["st_shndx"]).name
-                targets.append((rel["r_offset"], name))
-    return sorted(targets)
+        indexes = [i for i, sec in enumerate(elf.iter_sections()) if sec.name == section]
+        return sorted((r.offset, r.target) for i in indexes for r in _relocations(elf, i))
+
+
+def function_relocations(obj: Path, function: str) -> list[Reloc]:
+    """The relocations applied to the code of the function symbol ``function``."""
+    with obj.open("rb") as f:
+        elf = ELFFile(f)
+        symtab = elf.get_section_by_name(".symtab")
+        funcs = [
+            s
+            for s in symtab.get_symbol_by_name(function) or []
+            if s["st_info"]["type"] == "STT_FUNC" and s["st_shndx"] != "SHN_UNDEF"
+        ]
+        if not funcs:
+            pytest.fail(f"{function} is not a function defined in {obj}")
+        sym = funcs[0]
+        start, end = sym["st_value"], sym["st_value"] + sym["st_size"]
+        return [r for r in _relocations(elf, sym["st_shndx"]) if start <= r.offset < end]
 
 
 def calls_fentry(obj: Path, function: str) -> bool:
     """Whether ``function``'s code in ``obj`` has a relocation against ``__fentry__``."""
-    with obj.open("rb") as f:
-        elf = ELFFile(f)
-        symtab = elf.get_section_by_name(".symtab")
-        matches = symtab.get_symbol_by_name(function) or []
-        funcs = [s for s in matches if s["st_info"]["type"] == "STT_FUNC"]
-        if not funcs:
-            raise AssertionError(f"{function} is not a function in {obj}")
-        sym = funcs[0]
-        start, end = sym["st_value"], sym["st_value"] + sym["st_size"]
-        text_name = elf.get_section(sym["st_shndx"]).name
-    return any(
-        start <= off < end and target == "__fentry__"
-        for off, target in relocation_targets(obj, text_name)
-    )
+    return any(r.target == "__fentry__" for r in function_relocations(obj, function))
