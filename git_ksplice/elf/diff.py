@@ -409,14 +409,7 @@ class _Differ:
                     else:
                         pbyname[(s.type, names.demangle(s.name))].append(s)
             for k, ps in pbyname.items():
-                os_ = obyname.get(k, [])
-                if len(os_) == len(ps):
-                    for o, p in zip(os_, ps, strict=True):
-                        self._pair(o, p)
-                elif len(os_) == 1 and len(ps) > 1:
-                    exact = [p for p in ps if p.name == os_[0].name]
-                    if len(exact) == 1:
-                        self._pair(os_[0], exact[0])
+                self._pair_group(obyname.get(k, []), ps)
 
         # A symbol that changed binding (a function made static, or exported) keeps its name.
         ounpaired = {s.name: s for s in osyms if id(s) not in self.twin_o and s.defined
@@ -448,6 +441,34 @@ class _Differ:
                 cands = oname.get(names.demangle(p.name), [])
                 if len(cands) == 1:
                     self.sec_twin_p[id(p)] = cands[0]
+
+    def _pair_group(self, os_: list[Symbol], ps: list[Symbol]) -> None:
+        """Pair same-named (numbering aside) locals of one FILE block.
+
+        gcc numbers clones per function in creation order, so a new `foo.constprop` clone can
+        take the number of an existing one. Identical contents identify a clone; then the
+        exact name; then, for equal counts, the order of appearance.
+        """
+        if len(os_) == 1 and len(ps) == 1:
+            self._pair(os_[0], ps[0])
+            return
+        left_o, left_p = list(os_), list(ps)
+        for o in os_:
+            same = [p for p in left_p if _same_contents(o, p)]
+            if same:
+                p = next((x for x in same if x.name == o.name), same[0])
+                self._pair(o, p)
+                left_o.remove(o)
+                left_p.remove(p)
+        for o in list(left_o):
+            p = next((x for x in left_p if x.name == o.name), None)
+            if p is not None and len(left_o) == len(left_p):
+                self._pair(o, p)
+                left_o.remove(o)
+                left_p.remove(p)
+        if len(left_o) == len(left_p):
+            for o, p in zip(left_o, left_p, strict=True):
+                self._pair(o, p)
 
     def _users(self, side: _Side, sym: Symbol) -> set[int]:
         """ids of the functions of `side` whose code refers to `sym`."""
@@ -1212,6 +1233,15 @@ def _is_entry_reference(r: Reloc, t: Target) -> bool:
     # A call or jump to a function's start resolves to the function itself (its new copy, or
     # the original redirected by ftrace); only references into the middle see stale code.
     return t.offset == 0
+
+
+def _same_contents(a: Symbol, b: Symbol) -> bool:
+    if a.section is None or b.section is None or a.size != b.size:
+        return False
+    if a.section.type == SHT_NOBITS or b.section.type == SHT_NOBITS:
+        return a.section.type == b.section.type
+    da = a.section.data[a.value:a.value + a.size]
+    return da == b.section.data[b.value:b.value + b.size] and len(da) == a.size
 
 
 def _merge_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:

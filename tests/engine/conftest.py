@@ -156,7 +156,7 @@ def run_differ(orig: Path, patched: Path, out: Path, extra_args: Sequence[str] =
     if proc.returncode in _RESULT_FOR_EXIT:
         try:
             run.data = json.loads(proc.stdout)
-        except json.JSONDecodeError as exc:  # pragma: no cover - reported as a failure
+        except json.JSONDecodeError as exc:
             pytest.fail(f"stdout is not one JSON document ({exc})\n{run.describe()}")
         assert run.data.get("schema") == 1, run.describe()
         assert run.data.get("result") == _RESULT_FOR_EXIT[proc.returncode], run.describe()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import (
+from tests.engine.conftest import (
     EXIT_CHANGED,
     EXIT_ERROR,
     EXIT_REFUSED,
@@ -335,24 +335,40 @@ class Clone:
 
 CLONES: dict[str, Clone] = {
     "isra": Clone(
-        CLONE_ISRA, "cfg_weight.isra.0", ".text.cfg_weight.isra.0", (7, 9),
-        "cfg_weight.isra.0", ("cfg_weight.isra.0",),
+        source=CLONE_ISRA,
+        symbol="cfg_weight.isra.0",
+        section=".text.cfg_weight.isra.0",
+        k_values=(7, 9),
+        reported="cfg_weight.isra.0",
+        in_out=("cfg_weight.isra.0",),
     ),
     "constprop": Clone(
-        CLONE_CONSTPROP, "scale.constprop.0", ".text.scale.constprop.0", (0, 1),
-        "scale.constprop.0", ("scale.constprop.0",),
+        source=CLONE_CONSTPROP,
+        symbol="scale.constprop.0",
+        section=".text.scale.constprop.0",
+        k_values=(0, 1),
+        reported="scale.constprop.0",
+        in_out=("scale.constprop.0",),
     ),
     "part": Clone(
-        CLONE_PART, "slow_lookup.part.0", ".text.slow_lookup.part.0", (2, 5),
-        "slow_lookup.part.0", ("slow_lookup.part.0",),
+        source=CLONE_PART,
+        symbol="slow_lookup.part.0",
+        section=".text.slow_lookup.part.0",
+        k_values=(2, 5),
+        reported="slow_lookup.part.0",
+        in_out=("slow_lookup.part.0",),
     ),
     # foo.cold has no __fentry__ of its own and is only entered by jumps from foo: the patch
     # replaces the parent and carries the child along.
     "cold": Clone(
-        CLONE_COLD, "cold_fn.cold", ".text.unlikely.cold_fn", (22, 5),
-        "cold_fn", ("cold_fn", "cold_fn.cold"),
+        source=CLONE_COLD,
+        symbol="cold_fn.cold",
+        section=".text.unlikely.cold_fn",
+        k_values=(22, 5),
+        reported="cold_fn",
+        in_out=("cold_fn", "cold_fn.cold"),
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("kind", sorted(CLONES))
@@ -485,15 +501,16 @@ def test_line_number_only_change_is_unchanged(bench: Workbench, user: str) -> No
 
 
 BUG_TABLE = r"""
-#define MY_BUG() asm volatile("1: ud2\n"                            \
-                  ".pushsection __bug_table,\"aw\"\n"   \
-                  "2: .long 1b - 2b\n"                  \
-                  ".long %c0 - 2b\n"                    \
-                  ".word %c1\n"                         \
-                  ".word %c2\n"                         \
-                  ".org 2b+%c3\n"                       \
-                  ".popsection"                         \
-                  : : "i"(__FILE__), "i"(__LINE__), "i"(0), "i"(12))
+#define MY_BUG()                                                   \
+    asm volatile("1: ud2\n"                                        \
+                 ".pushsection __bug_table,\"aw\"\n"               \
+                 "2: .long 1b - 2b\n"                              \
+                 ".long %c0 - 2b\n"                                \
+                 ".word %c1\n"                                     \
+                 ".word %c2\n"                                     \
+                 ".org 2b+%c3\n"                                   \
+                 ".popsection"                                     \
+                 : : "i"(__FILE__), "i"(__LINE__), "i"(0), "i"(12))
 int bug_one(int x)
 {
     if (x < 0)
@@ -532,14 +549,14 @@ static inline int load_nofault(const int *p)
 {
     int v;
     asm volatile("1: movl (%1), %0\n"
-             "2:\n"
-             ".pushsection __ex_table,\"a\"\n"
-             ".balign 4\n"
-             ".long 1b - .\n"
-             ".long 2b - .\n"
-             ".long 0\n"
-             ".popsection"
-             : "=r"(v) : "r"(p) : "memory");
+                 "2:\n"
+                 ".pushsection __ex_table,\"a\"\n"
+                 ".balign 4\n"
+                 ".long 1b - .\n"
+                 ".long 2b - .\n"
+                 ".long 0\n"
+                 ".popsection"
+                 : "=r"(v) : "r"(p) : "memory");
     return v;
 }
 int ex_one(const int *p) { return load_nofault(p) + ext_work(@K@); }
@@ -570,13 +587,13 @@ struct static_key feature_key;
 static inline __attribute__((always_inline)) _Bool feature_on(void)
 {
     asm goto("1: .byte 0x0f,0x1f,0x44,0x00,0x00\n"
-         ".pushsection __jump_table, \"aw\"\n"
-         ".balign 8\n"
-         ".long 1b - .\n"
-         ".long %l[l_yes] - .\n"
-         ".quad %c0 - .\n"
-         ".popsection"
-         : : "i"(&feature_key) : : l_yes);
+             ".pushsection __jump_table, \"aw\"\n"
+             ".balign 8\n"
+             ".long 1b - .\n"
+             ".long %l[l_yes] - .\n"
+             ".quad %c0 - .\n"
+             ".popsection"
+             : : "i"(&feature_key) : : l_yes);
     return 0;
 l_yes:
     return 1;
