@@ -316,7 +316,7 @@ def _parse(path: str, raw: bytes) -> ElfObject:
         if shndx == SHN_XINDEX:
             shndx = shndx_table[n]
         sym = Symbol(name, st_value, st_size, bind, typ, st_other, index=n)
-        if shndx == SHN_UNDEF or (SHN_LORESERVE <= shndx and st_shndx != SHN_XINDEX):
+        if shndx == SHN_UNDEF or (shndx >= SHN_LORESERVE and st_shndx != SHN_XINDEX):
             sym.special_shndx = shndx
         else:
             sec = sections[shndx] if shndx < len(sections) else None

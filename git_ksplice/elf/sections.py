@@ -109,7 +109,7 @@ def classify(sec: Section) -> Kind:
         return Kind.INIT
     if name in _AUX_TEXT:
         return Kind.AUX_TEXT
-    if name in _TEXT_NAMES or name.startswith(".text.") and not name.startswith(".text.."):
+    if name in _TEXT_NAMES or (name.startswith(".text.") and not name.startswith(".text..")):
         return Kind.TEXT
     if name.startswith(_EXPORT_PREFIXES):
         return Kind.EXPORT

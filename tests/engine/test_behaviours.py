@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from tests.engine.conftest import (
     EXIT_CHANGED,
     EXIT_ERROR,
