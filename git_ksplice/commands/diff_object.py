@@ -31,9 +31,8 @@ def run(orig: str, patched: str, *, output: str | None, as_json: bool, target: s
     options = Options(target=target, entry_sizes=parse_entry_sizes(entry_sizes))
     res = diff_objects(read_object(orig), read_object(patched), options)
     written = None
-    if output and res.result == "changed" and res.output_sections is not None:
-        assert res.output_symbols is not None
-        data = serialize(res.output_sections, res.output_symbols)
+    if output and res.result == "changed" and res.output is not None:
+        data = serialize(res.output.sections, res.output.symbols)
         _atomic_write(output, data)
         written = output
     if as_json:

@@ -158,30 +158,33 @@ class Section:
     group_flags: int = 0
     group_members: list[Section] = field(default_factory=list)
     _starts: list[int] | None = field(default=None, repr=False)
+    _max_size: int = field(default=0, repr=False)
 
     @property
     def is_text(self) -> bool:
         return bool(self.flags & SHF_EXECINSTR)
 
     def symbol_at(self, offset: int) -> Symbol | None:
-        """The FUNC or OBJECT symbol whose bytes contain `offset` (a zero-size one at it)."""
+        """The FUNC or OBJECT symbol whose bytes contain `offset` (a zero-size one at it);
+        failing that, another symbol there (a NOTYPE label)."""
         if self._starts is None:
             self.symbols.sort(key=lambda s: (s.value, -s.size))
             self._starts = [s.value for s in self.symbols]
+            self._max_size = max((s.size for s in self.symbols), default=0)
         i = bisect.bisect_right(self._starts, offset) - 1
-        best = None
-        while i >= 0:
+        fallback = None
+        # Symbols may overlap (aliases, a FUNC inside a larger one): walk back over every
+        # symbol that starts early enough to still cover `offset`.
+        while i >= 0 and self._starts[i] + self._max_size >= offset:
             sym = self.symbols[i]
             if sym.value <= offset < sym.value + sym.size or (
                 sym.size == 0 and sym.value == offset
             ):
                 if sym.type in (STT_FUNC, STT_OBJECT):
                     return sym
-                best = best or sym
-            if self._starts[i] + 0x100000 < offset:
-                break
+                fallback = fallback or sym
             i -= 1
-        return best
+        return fallback
 
     def invalidate_symbol_index(self) -> None:
         self._starts = None

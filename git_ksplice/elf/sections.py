@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from git_ksplice.elf.model import SHF_EXECINSTR, SHF_STRINGS, SHF_WRITE, Section
+from git_ksplice.elf.model import SHF_EXECINSTR, SHF_STRINGS, SHF_WRITE, Reloc, Section
 
 
 class Kind(StrEnum):
@@ -132,6 +132,10 @@ def classify(sec: Section) -> Kind:
     return Kind.UNKNOWN
 
 
+#: No special-section entry of any kernel is larger than this.
+_MAX_ENTRY_SIZE = 64
+
+
 @dataclass(frozen=True)
 class EntrySize:
     size: int
@@ -152,26 +156,30 @@ def infer_entry_size(sec: Section, spec: TableSpec, *, override: int | None = No
                                  f"{lockstep_entries} entries like {spec.lockstep_with}")
             return EntrySize(sec.size // lockstep_entries, "lockstep")
         return EntrySize(spec.default_size, "default")
-    # The first field of every entry is a relocated address of the same kind (a code address
-    # for most tables); later fields may be NULL or point elsewhere. The entry size is the
-    # smallest stride at which every entry starts with a relocation of the first one's kind.
-    # Kinds, not just offsets, keep an array of three pointers (old 24-byte jump entries:
-    # code, target, key) from passing for three 8-byte entries.
+    # The first field of every entry is a relocated address of the same kind (code, for all
+    # tables but the printk index); later fields may be NULL or point elsewhere. The entry
+    # size is the smallest stride at which every entry starts with a relocation of the first
+    # one's kind. Kinds, not just offsets, keep an array of three pointers (old 24-byte jump
+    # entries: code, target, key) from passing for three 8-byte entries.
     by_offset = {r.offset: _target_class(r) for r in sec.relocs}
-    if 0 not in by_offset:
-        return EntrySize(spec.default_size, "default")
-    lead = by_offset[0]
-    for stride in range(1, sec.size + 1):
-        if all(by_offset.get(start) == lead for start in range(0, sec.size, stride)):
+    if 0 in by_offset:
+        lead = by_offset[0]
+        for stride in range(1, sec.size + 1):
+            if all(by_offset.get(start) == lead for start in range(0, sec.size, stride)):
+                break
+        # One entry filling the whole table is plausible only for a small table.
+        if stride < sec.size or sec.size <= _MAX_ENTRY_SIZE:
             return EntrySize(stride, "relocations")
-    return EntrySize(spec.default_size, "default")
+    size_ = spec.default_size
+    starts = {r.offset for r in sec.relocs}
+    if sec.size % size_ == 0 and all(o in starts for o in range(0, sec.size, size_)):
+        return EntrySize(size_, "default, checked against relocations")
+    raise ValueError(f"cannot tell the entry size of {sec.name} from the object; give it "
+                     f"with --entry-size {sec.name}=N")
 
 
-def _target_class(reloc) -> str:
+def _target_class(reloc: Reloc) -> str:
     target = reloc.symbol.section
     if target is None:
         return "undefined"
-    kind = classify(target)
-    if kind in (Kind.TEXT, Kind.INIT) and target.is_text:
-        return "code"
-    return str(kind)
+    return "code" if target.is_text else str(classify(target))
