@@ -68,39 +68,48 @@ def _atomic_write(path: str, data: bytes) -> None:
 
 
 def _show(res: DiffResult, written: str | None) -> None:
+    """Tables on a terminal, one plain line per fact otherwise (logs, pipes, CI)."""
     c = ui.console
-    if res.changed or res.new:
-        t = Table(title="Functions", title_justify="left", show_edge=False)
-        t.add_column("function")
-        t.add_column("status")
-        t.add_column("size", justify="right")
-        t.add_column("why")
-        for f in res.changed:
-            t.add_row(f.name, "changed", str(f.size), f.reason)
-        for f in res.new:
-            t.add_row(f.name, "new", str(f.size), "")
-        c.print(t)
-    others = [i for i in res.included if i["kind"] != "function" or not any(
-        i["name"] == f.name for f in res.changed + res.new)]
-    if others:
-        t = Table(title="Also included", title_justify="left", show_edge=False)
-        t.add_column("what")
-        t.add_column("section")
-        t.add_column("why")
+    functions = [("changed", f.name, f.size, f.reason) for f in res.changed] + [
+        ("new", f.name, f.size, "") for f in res.new]
+    reported = {f.name for f in res.changed + res.new}
+    others = [i for i in res.included if i["name"] not in reported]
+    refs = res.output.references if res.output else []
+    if c.is_terminal:
+        if functions:
+            t = Table(title="Functions", title_justify="left", show_edge=False)
+            for col in ("function", "status", "size", "why"):
+                t.add_column(col, justify="right" if col == "size" else "left")
+            for status, name, size, why in functions:
+                t.add_row(name, status, str(size), why)
+            c.print(t)
+        if others:
+            t = Table(title="Also carried", title_justify="left", show_edge=False)
+            for col in ("what", "section", "why"):
+                t.add_column(col)
+            for i in others:
+                t.add_row(i["name"], i["section"], i["why"])
+            c.print(t)
+    else:
+        for status, name, size, why in functions:
+            c.print(f"{status:8} {name} ({size} bytes){': ' + why if why else ''}")
         for i in others:
-            t.add_row(i["name"], i["section"], i["why"])
-        c.print(t)
+            where = f" [{i['section']}]" if i["section"] != i["name"] else ""
+            c.print(f"carried  {i['name']}{where}: {i['why']}")
     kept = [s for s in res.special_sections if s["kept"]]
-    if kept:
-        c.print("Special sections: " + ", ".join(
-            f"{s['name']} {s['kept']}/{s['entries']} entries of {s['entry_size']} bytes"
-            for s in kept))
+    for s in kept:
+        c.print(f"table    {s['name']}: kept {s['kept']} of {s['entries']} entries "
+                f"({s['entry_size']} bytes each)")
+    if refs:
+        c.print("uses     " + ", ".join(
+            r["name"] + (f" (local, {r['file']})" if r["binding"] == "local" else "")
+            for r in refs))
     for i in res.ignored:
-        c.print(f"[dim]ignored:[/] {i.symbol}: {i.message}")
+        c.print(f"ignored  {i.symbol}: {i.message}")
     for w in res.warnings:
-        c.print(f"[yellow]warning:[/] {w.symbol or w.section}: {w.message}")
+        c.print(f"[yellow]warning[/]  {w.symbol or w.section}: {w.message}")
     for r in res.refusals:
         where = " in ".join(x for x in (r.symbol, r.section) if x)
-        c.print(f"[bold red]refused:[/] {where}: {r.message}")
+        c.print(f"[bold red]refused[/]  {where}: {r.message}")
     if written:
         c.print(f"Wrote {written}")

@@ -398,6 +398,8 @@ class _Differ:
             if tu is not None and tu.is_function and id(tu) in self.included:
                 owner = tu
                 break
+            if tu is not None and sec.name == ".printk_index" and self._printk_entry_of_included(tu):
+                return True
         if owner is None:
             return False
         if not keyed or self.options.target == "vmlinux":
@@ -419,6 +421,15 @@ class _Differ:
                       f"{what} keyed on {key.name} (static key), which is defined in module "
                       f"{self.options.target}: a livepatch module can only use keys of "
                       "vmlinux; test it with static_key_enabled() in the patched code")
+        return False
+
+    def _printk_entry_of_included(self, entry: Unit) -> bool:
+        """A printk index entry (`_entry.N`) names its function only through `__func__`."""
+        functions = {u.name.split(".")[0] for u, _ in self.included.values() if u.is_function}
+        for r in entry.relocs:
+            tu = self.p.unit_of(self.p.target(r, entry))
+            if tu is not None and tu.name.startswith("__func__."):
+                return tu.data().rstrip(b"\0").decode("utf-8", "replace") in functions
         return False
 
     def _check_included(self) -> None:

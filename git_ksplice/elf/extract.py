@@ -209,8 +209,8 @@ class _Extractor:
         sym = t.symbol
         if sym is not None and id(sym) in self.defined:
             tu = self.p.unit_of_symbol.get(id(sym))
-            if tu is not None and id(tu) in self.replaced and t.offset == 0 \
-                    and not self.p.is_branch(r, owner):
+            if owner is not None and tu is not None and id(tu) in self.replaced \
+                    and t.offset == 0 and not self.p.is_branch(r, owner):
                 # A function pointer: the original, redirected by ftrace while the update is
                 # loaded, and still valid once it is removed.
                 return self.extern(sym), t.addend

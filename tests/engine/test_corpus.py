@@ -73,6 +73,12 @@ def test_corpus_case(case: str, corpus: Path, tmp_path: Path) -> None:
         modinfo = subprocess.run(["readelf", "-p", ".modinfo", str(out)], capture_output=True,
                                  text=True).stdout
         assert len(re.findall(r"\bimport_ns=", modinfo)) == 4, modinfo
+        # Table entries at the function's first byte (ORC, call sites) describe the copy, so
+        # they must not turn into references to the running original.
+        nm = subprocess.run(["nm", str(out)], capture_output=True, text=True).stdout
+        assert not re.search(r"^\s+U cmdline_proc_show$", nm, re.M), nm
+        assert "printk_index" in subprocess.run(["readelf", "-SW", str(out)],
+                                                capture_output=True, text=True).stdout
     if case == "mcount_loc-issue-1102":
         rel = subprocess.run(["readelf", "-rW", str(out)], capture_output=True, text=True).stdout
         block = rel.split("'.rela__mcount_loc'")[1].split("Relocation section")[0]
