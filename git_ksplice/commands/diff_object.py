@@ -19,7 +19,7 @@ def parse_entry_sizes(values: tuple[str, ...]) -> dict[str, int]:
     sizes = {}
     for v in values:
         name, sep, num = v.partition("=")
-        if not sep or not num.isdigit() or int(num) <= 0:
+        if not name or not sep or not num.isdigit() or int(num) <= 0:
             raise InputError(f"--entry-size {v!r}: expected SECTION=N with N > 0, "
                              "e.g. --entry-size __bug_table=12")
         sizes[name] = int(num)
