@@ -171,7 +171,17 @@ class Correlation:
             os_ = left_o.get(key, [])
             if len(ps) == 1 and len(os_) == 1 and count_o[key] == 1:
                 self._pair(os_[0], ps[0])
-            elif os_:
+                continue
+            # No function tells them apart (statics only tables refer to): the same name,
+            # numbering included, is the best evidence left.
+            by_name = {o.name: o for o in os_}
+            for p in list(ps):
+                o = by_name.pop(p.name, None)
+                if o is not None and o.size == p.size:
+                    self._pair(o, p)
+                    ps.remove(p)
+                    os_.remove(o)
+            if ps and os_:
                 for p in ps:
                     self.warnings.append((p.name, _secname(p),
                                           "static variable could not be matched with one of "

@@ -261,7 +261,7 @@ class _Differ:
                 self._refusal(u, None, "adds an exported symbol: a livepatch module cannot "
                               "add exports to the kernel it patches" if st == NEW else
                               f"changes an exported symbol's entry ({reason})")
-            elif kind == Kind.METADATA:
+            elif kind == Kind.METADATA and not bookkeeping:
                 self._refusal(u, None, f"{'adds' if st == NEW else 'changes'} an entry of "
                               f"{u.section.name}, which the kernel reads only at boot or "
                               "module load")
@@ -398,7 +398,8 @@ class _Differ:
             if tu is not None and tu.is_function and id(tu) in self.included:
                 owner = tu
                 break
-            if tu is not None and sec.name == ".printk_index" and self._printk_entry_of_included(tu):
+            if tu is not None and sec.name == ".printk_index" \
+                    and self._printk_entry_of_included(tu):
                 return True
         if owner is None:
             return False

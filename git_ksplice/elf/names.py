@@ -31,6 +31,7 @@ _SPECIAL_STATIC_PREFIXES = (
     "__compound_literal.",
     "__UNIQUE_ID_ddebug",
     "__tpstrtab_",
+    "___tp_str.",  # tracepoint_string() pointers
 )
 
 # Compiler-made data with no name a running kernel could be searched for: UBSAN source
