@@ -39,6 +39,102 @@ def diff_object_cmd(orig: str, patched: str, output: str | None, as_json: bool, 
                  entry_sizes=entry_sizes))
 
 
+def _create_options(f):
+    """Options shared by `git ksplice create` and the `ksplice-create` script."""
+    for decorator in reversed([
+        click.option("--patch", "patch", metavar="FILE", help="Build the change this patch "
+                     "makes to refs/ksplice/pre (applied with patch(1))."),
+        click.option("--diffext", metavar="EXT", help="Every file X<EXT> in the working tree "
+                     "replaces X."),
+        click.option("--git", "git_commit", metavar="COMMIT", help="Same as COMMIT."),
+        click.option("--prebuild", is_flag=True, help="Only build the pristine tree."),
+        click.option("--series/--no-series", default=False, help="Stack: the next update "
+                     "builds on this one (refs/ksplice/pre advances)."),
+        click.option("--id", "update_id", metavar="ID", help="Update id (default: 8 random "
+                     "characters)."),
+        click.option("--description", metavar="TEXT", help="What the update fixes."),
+        click.option("-j", "--jobs", type=int, metavar="N", help="make jobs "
+                     "(default: CONCURRENCY_LEVEL, ksplice.jobs, or the number of CPUs)."),
+        click.option("-v", "--verbose", count=True, help="Show the build's output (-vv: "
+                     "make V=1)."),
+        click.option("--config", "config", metavar="ORIG_CONFIG", help="Directory describing "
+                     "the running kernel (.config, System.map; default <source>/ksplice)."),
+        click.option("--build-modules/--no-build-modules", default=False, help="Also ship "
+                     "the patched modules' .ko files."),
+        click.option("--only-targets", multiple=True, metavar="PAT", help="Only patch these "
+                     "targets (vmlinux, module names; % wildcards)."),
+        click.option("--extra-match", multiple=True, metavar="PAT", help="Also ship these "
+                     "unchanged objects' pristine builds for checking (% wildcards)."),
+        click.option("--exclude-match", multiple=True, metavar="PAT", help="Remove objects "
+                     "from --extra-match."),
+        click.option("--skip-prebuild", is_flag=True, help="Use the pristine build as it is."),
+        click.option("--patch-opt", "patch_opts", multiple=True, metavar="OPT",
+                     help="Option for patch(1) (repeatable; replaces the default -p1)."),
+        click.option("-o", "--output", metavar="DIR", help="Where to write the tarball "
+                     "(default: the current directory)."),
+        click.option("--json", "as_json", is_flag=True, help="Print one JSON document on "
+                     "stdout."),
+        click.option("--wait/--no-wait", default=True, help="Wait for another create on this "
+                     "repository to finish (default), or fail at once."),
+    ]):
+        f = decorator(f)
+    return f
+
+
+def _run_create(commit: str | None, **kw) -> None:
+    from git_ksplice.commands.create import CreateOptions, run
+
+    git_commit = kw.pop("git_commit")
+    if commit is not None and git_commit is not None:
+        raise click.UsageError("give the commit either as COMMIT or as --git, not both")
+    opts = CreateOptions(
+        commit=commit if commit is not None else git_commit,
+        patch=kw["patch"], diffext=kw["diffext"], prebuild=kw["prebuild"],
+        series=kw["series"], id=kw["update_id"], description=kw["description"],
+        jobs=kw["jobs"], verbose=kw["verbose"], config=kw["config"],
+        build_modules=kw["build_modules"], only_targets=list(kw["only_targets"]),
+        extra_match=list(kw["extra_match"]), exclude_match=list(kw["exclude_match"]),
+        skip_prebuild=kw["skip_prebuild"], patch_opts=list(kw["patch_opts"]),
+        output=kw["output"], as_json=kw["as_json"], wait=kw["wait"])
+    sys.exit(run(opts))
+
+
+@cli.command("create")
+@click.argument("commit", required=False)
+@_create_options
+def create_cmd(commit: str | None, **kw) -> None:
+    """Build an update for the change refs/ksplice/pre..COMMIT (default HEAD).
+
+    Exit status: 0 an update was written, 66 no change, 65 the change cannot be applied to
+    a running kernel, 1 an error.
+    """
+    if commit is None and not any(kw[k] for k in ("patch", "diffext", "git_commit",
+                                                  "prebuild")):
+        commit = "HEAD"
+    _run_create(commit, **kw)
+
+
+@cli.command("view")
+@click.argument("tarball", required=False, type=click.Path(dir_okay=False))
+@click.option("--id", "update_id", metavar="ID", help="Show the update with this id from the "
+              "series ledger.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def view_cmd(tarball: str | None, update_id: str | None, as_json: bool) -> None:
+    """Show what an update contains: description, targets, functions, patch."""
+    from git_ksplice.commands.view import run
+
+    sys.exit(run(tarball, update_id, as_json))
+
+
+@cli.command("series")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def series_cmd(as_json: bool) -> None:
+    """List the updates built so far, oldest first."""
+    from git_ksplice.commands.view import run_series
+
+    sys.exit(run_series(as_json))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `git-ksplice`: the only place that turns errors into exit codes."""
     from git_ksplice import ui

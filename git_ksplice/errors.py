@@ -36,3 +36,11 @@ class RefusedError(KspliceError):
     """The change is understood but cannot be applied to a running kernel safely."""
 
     exit_code = EXIT_REFUSED
+
+
+class ConcurrencyError(KspliceError):
+    """Someone else moved a ref or holds the lock."""
+
+
+class BuildError(KspliceError):
+    """The kernel build failed."""

@@ -25,3 +25,55 @@ def error(message: str, hint: str | None = None) -> None:
     console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
     if hint:
         console.print(f"[dim]hint:[/] {hint}")
+
+
+class Phases:
+    """Progress of a long command: one line per phase off a terminal, a live status line
+    (phase, objects compiled, elapsed time) on one. `-v` also echoes the build's output."""
+
+    def __init__(self, *, verbose: int = 0, quiet: bool = False) -> None:
+        import time
+
+        self._time = time
+        self.verbose = verbose
+        self.quiet = quiet
+        self._status = None
+        self._phase = ""
+        self._start = 0.0
+
+    def start(self, phase: str) -> None:
+        self.stop()
+        self._phase = phase
+        self._start = self._time.monotonic()
+        if self.quiet:
+            return
+        if console.is_terminal and not self.verbose:
+            self._status = console.status(f"{phase}...")
+            self._status.start()
+        else:
+            console.print(f"{phase}...")
+
+    def build_line(self, line: str, compiled: int) -> None:
+        if self.verbose:
+            console.print(line, markup=False, highlight=False)
+        elif self._status is not None:
+            elapsed = self._time.monotonic() - self._start
+            self._status.update(f"{self._phase}: {compiled} objects compiled, {elapsed:.0f}s")
+
+    def done(self, summary: str = "") -> None:
+        elapsed = self._time.monotonic() - self._start
+        self.stop()
+        if not self.quiet:
+            console.print(f"{self._phase}: done in {elapsed:.1f}s" + (f" ({summary})"
+                                                                       if summary else ""))
+
+    def note(self, message: str) -> None:
+        if self._status is not None:
+            self._status.console.print(message)
+        elif not self.quiet:
+            console.print(message)
+
+    def stop(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None

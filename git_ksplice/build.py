@@ -1,0 +1,398 @@
+"""Kernel builds: the pristine tree kept warm, the patched build, what changed, and where.
+
+One build tree (a worktree of ours, under the common git dir or `ksplice.buildDir`) serves
+both builds, at its own path: a built kernel tree copied elsewhere rebuilds everything
+(objtool's `.cmd` files hold absolute paths). The pristine build at `refs/ksplice/pre` is
+made once; every build product is then copied to a cache with a manifest of sizes and mtimes.
+A `create` checks the post commit out in the tree (only the changed files are rewritten),
+runs an incremental make, finds the products that make rewrote, and compares the objects
+with their cached pristine copies. Afterwards the tree is reverted: the pre commit checked
+out again and every rewritten product restored from the cache. This is Ksplice's
+copy-on-write revert, done eagerly.
+
+A state file records the tree's phase before anything is touched; a run killed at any point
+(even mid-make) leaves `phase: patched`, and the next run reverts before it does anything
+else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from git_ksplice.errors import BuildError, InputError
+from git_ksplice.repo import Repo
+
+#: What git-ksplice adds to the kernel's compiler flags: one section per function and per
+#: data object, so that the differ can compare and extract them one by one.
+KSPLICE_KCFLAGS = "-ffunction-sections -fdata-sections"
+
+# Objects kbuild makes that are not compiled translation units of a target.
+_NOT_UNITS = re.compile(r"(^|/)(\.tmp_[^/]*|vmlinux\.o|[^/]*\.mod\.o|built-in\.a|"
+                        r"[^/]*\.lds|\.vmlinux\.export\.o)$")
+_PROGRESS = re.compile(r"^\s+(CC|AS|CC \[M\]|AS \[M\])\s+(\S+)")
+_ERROR_LINE = re.compile(r"(error|Error \d+|undefined reference|fatal)", re.I)
+
+
+@dataclass
+class OrigConfig:
+    """ORIG_CONFIG: what describes the running kernel."""
+
+    path: Path
+
+    @property
+    def dot_config(self) -> Path:
+        return self.path / ".config"
+
+    @property
+    def system_map(self) -> Path:
+        return self.path / "System.map"
+
+    @property
+    def flags(self) -> list[str]:
+        """Extra kbuild arguments the running kernel was built with (Ksplice's `flags`)."""
+        f = self.path / "flags"
+        return shlex.split(f.read_text()) if f.exists() else []
+
+    def check(self) -> None:
+        if not self.path.is_dir():
+            raise InputError(f"ORIG_CONFIG directory {self.path} does not exist",
+                             hint="it describes the running kernel: put its .config and "
+                                  "System.map there, or pass --config=DIR")
+        if not self.system_map.is_file():
+            raise InputError(f"Failed to find System.map file in ORIG_CONFIG directory "
+                             f"{self.path}",
+                             hint="copy the running kernel's System.map there")
+        if not self.dot_config.is_file():
+            raise InputError(f"no .config in ORIG_CONFIG directory {self.path}",
+                             hint="copy the running kernel's .config there")
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for p in (self.dot_config, self.path / "flags"):
+            h.update(p.read_bytes() if p.exists() else b"-")
+        return h.hexdigest()
+
+
+@dataclass
+class BuildSettings:
+    jobs: int
+    make_args: list[str]
+    verbose: int = 0
+    #: Called for every line make prints (progress display); gets (line, objects compiled).
+    on_line: Callable[[str, int], None] | None = None
+
+    def command(self) -> list[str]:
+        args = list(self.make_args)
+        kcflags = KSPLICE_KCFLAGS
+        for i, a in enumerate(args):
+            if a.startswith("KCFLAGS="):
+                kcflags = a.split("=", 1)[1] + " " + KSPLICE_KCFLAGS
+                del args[i]
+                break
+        cmd = ["make", f"-j{self.jobs}", f"KCFLAGS={kcflags}", *args]
+        if self.verbose >= 2:
+            cmd.append("V=1")
+        return cmd
+
+
+@dataclass
+class Manifest:
+    """Build products of the pristine tree: path -> (size, mtime_ns)."""
+
+    files: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.files, sort_keys=True))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest | None:
+        try:
+            return cls({k: tuple(v) for k, v in json.loads(path.read_text()).items()})
+        except (OSError, ValueError):
+            return None
+
+
+@dataclass
+class PatchedBuild:
+    """What the build at the post commit produced."""
+
+    rebuilt: list[str]  # build products make rewrote or created
+    changed_objects: list[str]  # compiled units whose bytes differ from the pristine ones
+    compiled: int  # objects make compiled
+    log: Path
+
+
+class BuildTree:
+    """Our build worktree and its pristine cache."""
+
+    def __init__(self, repo: Repo) -> None:
+        self.repo = repo
+        configured = repo.config("ksplice.buildDir", type="path")
+        self.root = Path(configured).expanduser() if configured else repo.state_dir / "build"
+        if not self.root.is_absolute():
+            self.root = (repo.toplevel or repo.common_dir) / self.root
+        self.path = self.root / "tree"
+        self.cache = self.root / "pristine"
+        self.state_file = self.root / "state.json"
+        self.manifest_file = self.root / "manifest.json"
+
+    # -- state ---------------------------------------------------------------------------
+
+    def state(self) -> dict:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _set_state(self, **values) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(values, sort_keys=True))
+        os.replace(tmp, self.state_file)
+
+    # -- the pristine tree ---------------------------------------------------------------
+
+    def ensure_pristine(self, pre: str, orig: OrigConfig, settings: BuildSettings, *,
+                        log: Path, rebuild: bool = True, on_repair=None) -> bool:
+        """Bring the tree to a built `pre`. Returns True when make ran."""
+        st = self.state()
+        registered = self.path in [p.resolve() for p in self.repo.worktree_paths()] \
+            if self.path.exists() else False
+        if self.path.exists() and not registered:
+            if on_repair:
+                on_repair(f"{self.path} is not a worktree of this repository any more: "
+                          "recreating it")
+            shutil.rmtree(self.path)
+        if not self.path.exists():
+            self.repo.git("worktree", "prune", isolated=True, check=False)
+            shutil.rmtree(self.cache, ignore_errors=True)
+            self.manifest_file.unlink(missing_ok=True)
+            self.repo.add_worktree(self.path, pre)
+            st = {}
+        elif st.get("phase") == "patched" or self.repo.worktree_head(self.path) != st.get("pre"):
+            if on_repair:
+                on_repair("the build tree was left mid-build by an interrupted run: "
+                          "restoring its pristine state")
+            self.revert(st.get("pre") or pre)
+            st = self.state()
+        dirty = self.repo.worktree_dirty(self.path)
+        if dirty:
+            if on_repair:
+                on_repair(f"the build tree has modified files ({', '.join(dirty[:3])}"
+                          f"{'...' if len(dirty) > 3 else ''}): discarding them")
+            self.repo.checkout(self.path, st.get("pre") or pre)
+        wanted = {"pre": pre, "config": orig.fingerprint(),
+                  "command": settings.command()[2:]}  # -jN does not change the result
+        manifest = Manifest.load(self.manifest_file)
+        current = {k: st.get(k) for k in wanted}
+        if current == wanted and manifest is not None and st.get("phase") == "pristine":
+            return False
+        if not rebuild and manifest is not None and st.get("pre") == pre:
+            return False
+        if st.get("pre") != pre:
+            self.repo.checkout(self.path, pre)
+        self._set_state(phase="building-pristine", **wanted)
+        dst = self.path / ".config"
+        if not dst.exists() or dst.read_bytes() != orig.dot_config.read_bytes():
+            shutil.copy2(orig.dot_config, dst)
+        self._make(settings, log)
+        self._snapshot()
+        self._set_state(phase="pristine", **wanted)
+        return True
+
+    def _outputs(self) -> dict[str, tuple[int, int]]:
+        """Every file in the tree that git does not track: the build products."""
+        tracked = set(self.repo.git("ls-files", "-z", cwd=self.path, isolated=True)
+                      .stdout.split("\0"))
+        out: dict[str, tuple[int, int]] = {}
+        root = str(self.path)
+        for dirpath, dirnames, filenames in os.walk(root):
+            if dirpath == root:
+                dirnames[:] = [d for d in dirnames if d != ".git"]
+                filenames = [f for f in filenames if f != ".git"]
+            rel = os.path.relpath(dirpath, root)
+            for f in filenames:
+                p = f if rel == "." else f"{rel}/{f}"
+                if p in tracked:
+                    continue
+                try:
+                    st = os.lstat(os.path.join(dirpath, f))
+                except FileNotFoundError:
+                    continue
+                out[p] = (st.st_size, st.st_mtime_ns)
+        return out
+
+    def _snapshot(self) -> None:
+        """Copy every build product of the pristine tree into the cache."""
+        outputs = self._outputs()
+        old = Manifest.load(self.manifest_file)
+        for rel, meta in outputs.items():
+            if old is not None and old.files.get(rel) == meta and (self.cache / rel).exists():
+                continue
+            dst = self.cache / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(self.path / rel, dst, follow_symlinks=False)
+        if old is not None:
+            for rel in set(old.files) - set(outputs):
+                (self.cache / rel).unlink(missing_ok=True)
+        Manifest(outputs).save(self.manifest_file)
+
+    # -- the patched build ---------------------------------------------------------------
+
+    def build_patched(self, pre: str, post: str, settings: BuildSettings, log: Path,
+                      units: Callable[[], set[str]]) -> PatchedBuild:
+        st = self.state()
+        self._set_state(**{**st, "phase": "patched", "post": post})
+        self.repo.checkout(self.path, post)
+        compiled = self._make(settings, log)
+        manifest = Manifest.load(self.manifest_file) or Manifest()
+        now = self._outputs()
+        rebuilt = sorted(p for p, meta in now.items() if manifest.files.get(p) != meta)
+        members = units()
+        changed = []
+        for rel in rebuilt:
+            if not rel.endswith(".o") or _NOT_UNITS.search(rel) or rel not in members:
+                continue
+            cached = self.cache / rel
+            if not cached.exists() or not _same_file(cached, self.path / rel):
+                changed.append(rel)
+        return PatchedBuild(rebuilt, changed, compiled, log)
+
+    def revert(self, pre: str) -> None:
+        """Back to the pristine state: `pre` checked out, every product as it was."""
+        self.repo.checkout(self.path, pre)
+        manifest = Manifest.load(self.manifest_file)
+        if manifest is None:
+            return
+        now = self._outputs()
+        stamp = time.time_ns()
+        for rel, meta in now.items():
+            want = manifest.files.get(rel)
+            if want == meta:
+                continue
+            target = self.path / rel
+            if want is None:
+                target.unlink(missing_ok=True)
+                continue
+            shutil.copy2(self.cache / rel, target, follow_symlinks=False)
+            # Newer than the sources just checked out again, so make will not rebuild it.
+            os.utime(target, ns=(stamp, stamp), follow_symlinks=False)
+            manifest.files[rel] = (want[0], stamp)
+            shutil.copystat(target, self.cache / rel, follow_symlinks=False)
+        for rel in set(manifest.files) - set(now):
+            if (self.cache / rel).exists():
+                shutil.copy2(self.cache / rel, self.path / rel, follow_symlinks=False)
+                os.utime(self.path / rel, ns=(stamp, stamp), follow_symlinks=False)
+                manifest.files[rel] = (manifest.files[rel][0], stamp)
+        manifest.save(self.manifest_file)
+        st = self.state()
+        st.pop("post", None)
+        self._set_state(**{**st, "phase": "pristine", "pre": pre})
+
+    def pristine_file(self, rel: str) -> Path:
+        return self.cache / rel
+
+    # -- make ----------------------------------------------------------------------------
+
+    def _make(self, settings: BuildSettings, log: Path) -> int:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        cmd = settings.command()
+        compiled = 0
+        tail: list[str] = []
+        env = dict(os.environ)
+        for k in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL"):
+            env.pop(k, None)
+        with open(log, "w") as logf:
+            logf.write("$ " + shlex.join(cmd) + "\n")
+            logf.flush()
+            proc = subprocess.Popen(cmd, cwd=self.path, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, errors="replace",
+                                    env=env, start_new_session=False)
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                logf.write(line)
+                line = line.rstrip("\n")
+                if _PROGRESS.match(line):
+                    compiled += 1
+                tail.append(line)
+                if len(tail) > 400:
+                    del tail[:200]
+                if settings.on_line:
+                    settings.on_line(line, compiled)
+            rc = proc.wait()
+        if rc != 0:
+            errors = [line for line in tail if _ERROR_LINE.search(line)]
+            shown = errors[-15:] or tail[-15:]
+            raise BuildError("the kernel build failed:\n  " + "\n  ".join(shown),
+                             hint=f"full log: {log}")
+        return compiled
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+# -- targets -----------------------------------------------------------------------------
+
+
+def target_map(tree: Path) -> dict[str, str]:
+    """Each compiled unit of the tree -> the target it links into: `vmlinux`, or a module
+    name (`-` made `_`, as the kernel names modules), read from kbuild's own records:
+    `modules.order` and each module's `.mod` file, and the members of `vmlinux.a` (or the
+    `built-in.a` archives where there is no vmlinux.a)."""
+    targets: dict[str, str] = {}
+    order = tree / "modules.order"
+    if order.exists():
+        for ko in order.read_text().split():
+            stem = ko.removesuffix(".ko") if ko.endswith(".ko") else ko.removesuffix(".o")
+            name = Path(stem).name.replace("-", "_")
+            mod = tree / (stem + ".mod")
+            if mod.exists():
+                for obj in mod.read_text().split():
+                    targets[_normalise(obj)] = name
+    for obj in _archive_members(tree, "vmlinux.a"):
+        targets.setdefault(obj, "vmlinux")
+    return targets
+
+
+def _archive_members(tree: Path, archive: str, depth: int = 0) -> Iterable[str]:
+    path = tree / archive
+    if not path.exists() or depth > 20:
+        return []
+    # Run from the tree with a relative name: ar prints a thin archive's members relative to
+    # the current directory then (absolute paths for an absolute archive name).
+    r = subprocess.run(["ar", "t", archive], cwd=tree, capture_output=True, text=True)
+    if r.returncode != 0:
+        return []
+    out = []
+    for member in r.stdout.split():
+        rel = _normalise(os.path.relpath(tree / member, tree))
+        if rel.endswith(".a"):
+            out.extend(_archive_members(tree, rel, depth + 1))
+        else:
+            out.append(rel)
+    return out
+
+
+def _normalise(p: str) -> str:
+    return os.path.normpath(p.removeprefix("./"))

@@ -1,0 +1,426 @@
+"""`git ksplice create`: from a change to an update tarball, with the state kept in git.
+
+Order of work, chosen so that an interruption at any point is repaired by the next run:
+1. under the repository lock, forget temporary commits of runs that died
+   (`refs/ksplice/tmp/*`), create `refs/ksplice/pre` from HEAD on first use;
+2. make sure the build tree is pristine and built at pre (reverting a tree left mid-build);
+3. turn the input into a post commit (kept under `refs/ksplice/tmp/<ID>` while building);
+4. build post incrementally, compare the rebuilt objects, revert the tree;
+5. write the tarball, then move all refs in one transaction: `refs/ksplice/updates/<ID>`,
+   the ledger `refs/ksplice/series`, `refs/ksplice/pre` with --series, the tmp ref deleted.
+Nothing before step 5 is visible in refs; a tarball without refs (killed between the two) is
+rewritten by the next run with that id.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import secrets
+import string
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from git_ksplice import __version__, inputs, ui
+from git_ksplice.build import BuildSettings, BuildTree, OrigConfig, target_map
+from git_ksplice.elf.diff import DiffResult, Options, diff_objects
+from git_ksplice.elf.model import read_object
+from git_ksplice.elf.writer import serialize
+from git_ksplice.errors import (
+    EXIT_OK,
+    InputError,
+    KspliceError,
+    NoChangeError,
+    RefusedError,
+)
+from git_ksplice.package import API_VERSION, MANIFEST_FORMAT, Update, timestamp, write_tarball
+from git_ksplice.repo import REF_PRE, REF_SERIES, REF_TMP, REF_UPDATES, Repo
+
+_ID = re.compile(r"^[a-z0-9][a-z0-9_]{0,31}$")
+
+
+@dataclass
+class CreateOptions:
+    commit: str | None = None
+    patch: str | None = None
+    diffext: str | None = None
+    prebuild: bool = False
+    series: bool = False
+    id: str | None = None
+    description: str | None = None
+    jobs: int | None = None
+    verbose: int = 0
+    config: str | None = None
+    build_modules: bool = False
+    only_targets: list[str] = field(default_factory=list)
+    extra_match: list[str] = field(default_factory=list)
+    exclude_match: list[str] = field(default_factory=list)
+    skip_prebuild: bool = False
+    patch_opts: list[str] = field(default_factory=list)
+    output: str | None = None
+    as_json: bool = False
+    wait: bool = True
+    cwd: str = field(default_factory=os.getcwd)
+
+
+def _modes(opts: CreateOptions) -> list[str]:
+    modes = []
+    if opts.commit is not None:
+        modes.append(f"COMMIT/--git ({opts.commit})")
+    if opts.patch is not None:
+        modes.append("--patch")
+    if opts.diffext is not None:
+        modes.append("--diffext")
+    if opts.prebuild:
+        modes.append("--prebuild")
+    return modes
+
+
+def _jobs(repo: Repo, opts: CreateOptions) -> int:
+    if opts.jobs is not None:
+        return opts.jobs if opts.jobs > 0 else (os.cpu_count() or 1)
+    env = os.environ.get("CONCURRENCY_LEVEL")
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise InputError(f"CONCURRENCY_LEVEL={env!r} is not a positive number")
+        return int(env)
+    configured = repo.config("ksplice.jobs", type="int")
+    if configured:
+        return max(int(configured), 1)
+    return os.cpu_count() or 1
+
+
+def _orig_config(repo: Repo, opts: CreateOptions) -> OrigConfig:
+    path = opts.config
+    if path is not None:
+        p = Path(path)
+        p = p if p.is_absolute() else Path(opts.cwd) / p
+    else:
+        configured = repo.config("ksplice.config", type="path")
+        if configured:
+            p = Path(configured).expanduser()
+            if not p.is_absolute() and repo.toplevel:
+                p = repo.toplevel / p
+        elif repo.toplevel is not None:
+            p = repo.toplevel / "ksplice"
+        else:
+            raise InputError("no ORIG_CONFIG: this repository has no working tree",
+                             hint="pass --config=DIR or set ksplice.config")
+    orig = OrigConfig(p.resolve())
+    orig.check()
+    return orig
+
+
+def _make_args(repo: Repo, orig: OrigConfig) -> list[str]:
+    import shlex
+
+    args = list(orig.flags)
+    configured = repo.config("ksplice.makeArgs")
+    if configured:
+        args += shlex.split(configured)
+    return args
+
+
+def _new_id() -> str:
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def _target_pattern(pattern: str) -> str:
+    return pattern.replace("%", "*")  # make patterns, as ksplice-create took them
+
+
+def run(opts: CreateOptions) -> int:
+    modes = _modes(opts)
+    if len(modes) > 1:
+        raise InputError("give one change at a time: " + " and ".join(modes) + " were given",
+                         hint="use one of COMMIT, --git, --patch, --diffext or --prebuild")
+    repo = Repo.discover(opts.cwd)
+    update_id = opts.id or _new_id()
+    if not _ID.match(update_id):
+        raise InputError(f"--id={update_id!r}: an update id is 1 to 32 characters of a-z, "
+                         "0-9 and _, starting with a letter or digit")
+    orig = _orig_config(repo, opts)
+    jobs = _jobs(repo, opts)
+    out_dir = Path(opts.output) if opts.output else Path(opts.cwd)
+    if not out_dir.is_absolute():
+        out_dir = Path(opts.cwd) / out_dir
+    phases = ui.Phases(verbose=opts.verbose, quiet=opts.as_json and not opts.verbose)
+
+    def waiting(holder: str) -> None:
+        phases.note(f"waiting for another git ksplice create ({holder or 'running'})...")
+
+    with repo.lock(wait=opts.wait, on_wait=waiting):
+        _forget_dead_runs(repo)
+        if not opts.prebuild and repo.ref(REF_UPDATES + update_id) is not None:
+            raise InputError(f"update id {update_id} already exists "
+                             f"({REF_UPDATES}{update_id})",
+                             hint="choose another --id, or leave it out for a random one")
+        pre = _pre(repo, opts, phases)
+        tree = BuildTree(repo)
+        settings = BuildSettings(jobs, _make_args(repo, orig), opts.verbose,
+                                 on_line=phases.build_line)
+        logs = repo.state_dir / "logs"
+        if opts.skip_prebuild and tree.state().get("pre") != pre:
+            raise InputError("--skip-prebuild: there is no pristine build of "
+                             f"refs/ksplice/pre ({pre[:12]}) to use",
+                             hint="run git ksplice create --prebuild first")
+        phases.start(f"pristine build of {pre[:12]} (make -j{jobs})")
+        built = tree.ensure_pristine(pre, orig, settings, log=logs / "prebuild.log",
+                                     rebuild=not opts.skip_prebuild, on_repair=phases.note)
+        phases.done("built" if built else "up to date")
+        if opts.prebuild:
+            if opts.as_json:
+                ui.print_json({"schema": 1, "result": "prebuilt", "pre": pre,
+                               "tree": str(tree.path)})
+            return EXIT_OK
+        change = _change(repo, opts, pre)
+        tmp_ref = None
+        if change.temporary:
+            tmp_ref = REF_TMP + update_id
+            repo.update_ref(tmp_ref, change.post, None, f"ksplice create: building {update_id}")
+        try:
+            return _build_and_package(repo, opts, update_id, orig, tree, settings, pre,
+                                      change, tmp_ref, out_dir, phases, logs)
+        except BaseException:
+            if tmp_ref is not None and repo.ref(tmp_ref) == change.post:
+                repo.delete_ref(tmp_ref, change.post, "ksplice create: failed")
+            raise
+        finally:
+            phases.stop()
+
+
+def _forget_dead_runs(repo: Repo) -> None:
+    """Temporary commits exist only while a run holds the lock: any left are from a run
+    that died."""
+    for name, oid in repo.refs(REF_TMP).items():
+        repo.delete_ref(name, oid, "ksplice create: forget an interrupted run")
+
+
+def _pre(repo: Repo, opts: CreateOptions, phases: ui.Phases) -> str:
+    pre = repo.ref(REF_PRE)
+    head = repo.resolve_commit("HEAD")
+    if opts.series and opts.prebuild:
+        if head is None:
+            raise InputError("HEAD has no commit to take as the running kernel's source")
+        if pre != head:
+            repo.update_ref(REF_PRE, head, pre, f"ksplice create: --series --prebuild at "
+                                                f"{head[:12]}")
+            phases.note(f"refs/ksplice/pre now at HEAD ({head[:12]})")
+        return head
+    if pre is None:
+        if head is None:
+            raise InputError("this repository has no commit yet",
+                             hint="commit the running kernel's source first")
+        repo.update_ref(REF_PRE, head, None, f"ksplice create: start at HEAD ({head[:12]})")
+        phases.note(f"refs/ksplice/pre created at HEAD ({head[:12]}): the running kernel's "
+                    "source")
+        return head
+    return pre
+
+
+def _change(repo: Repo, opts: CreateOptions, pre: str) -> inputs.Change:
+    if opts.patch is not None:
+        p = Path(opts.patch)
+        p = p if p.is_absolute() else Path(opts.cwd) / p
+        return inputs.from_patch(repo, p, pre, opts.patch_opts or ["-p1"])
+    if opts.diffext is not None:
+        return inputs.from_diffext(repo, opts.diffext, pre)
+    return inputs.from_commit(repo, opts.commit or "HEAD", pre)
+
+
+@dataclass
+class _ObjectResult:
+    path: str
+    target: str
+    result: DiffResult
+
+
+def _build_and_package(repo: Repo, opts: CreateOptions, update_id: str, orig: OrigConfig,
+                       tree: BuildTree, settings: BuildSettings, pre: str,
+                       change: inputs.Change, tmp_ref: str | None, out_dir: Path,
+                       phases: ui.Phases, logs: Path) -> int:
+    log = logs / f"{update_id}.log"
+    phases.start(f"incremental build of {change.post[:12]}")
+    try:
+        try:
+            build = tree.build_patched(pre, change.post, settings, log,
+                                       units=lambda: set(target_map(tree.path)))
+        except KspliceError:
+            phases.stop()
+            raise
+        targets = target_map(tree.path)
+        phases.done(f"{build.compiled} objects compiled, {len(build.changed_objects)} changed")
+        only = [_target_pattern(p) for p in opts.only_targets]
+        results: list[_ObjectResult] = []
+        update = Update(update_id)
+        phases.start("comparing objects")
+        for rel in build.changed_objects:
+            target = targets.get(rel, "vmlinux")
+            if only and not any(fnmatch.fnmatchcase(target, p) for p in only):
+                continue
+            pre_obj, post_obj = tree.pristine_file(rel), tree.path / rel
+            res = diff_objects(read_object(pre_obj), read_object(post_obj),
+                               Options(target=target))
+            results.append(_ObjectResult(rel, target, res))
+            update.add_file(f"debug/objects/pre/{rel}", pre_obj)
+            update.add_file(f"debug/objects/post/{rel}", post_obj)
+            if res.output is not None and not res.refusals:
+                update.add(f"debug/diff/{rel}", serialize(res.output.sections,
+                                                          res.output.symbols))
+        extra = _extra_objects(targets, build.changed_objects, opts)
+        for rel in extra:
+            update.add_file(f"debug/objects/extra/{rel}", tree.pristine_file(rel))
+        modules: dict[str, bytes] = {}
+        if opts.build_modules:
+            for r in results:
+                if r.target != "vmlinux" and r.result.result == "changed":
+                    ko = _module_file(tree.path, r.target)
+                    if ko is not None:
+                        modules[r.target] = ko.read_bytes()
+        phases.done(f"{len(results)} objects")
+    finally:
+        tree.revert(pre)
+    refused = [r for r in results if r.result.result == "refused"]
+    if refused:
+        lines = []
+        for r in refused:
+            for f in r.result.refusals:
+                where = " in ".join(x for x in (f.symbol, f.section) if x)
+                lines.append(f"{r.path}: {where}: {f.message}")
+        raise RefusedError("the change cannot be applied to a running kernel:\n  "
+                           + "\n  ".join(lines),
+                           hint=f"objects compared: {', '.join(r.path for r in results)}")
+    changed = [r for r in results if r.result.result == "changed"]
+    if not changed:
+        raise NoChangeError("No changes detected.",
+                            hint=f"{len(build.rebuilt)} build products were rebuilt, "
+                                 f"{len(build.changed_objects)} objects differ, and no "
+                                 "function changed")
+    when = timestamp()
+    manifest = _manifest(repo, update_id, opts, pre, change, changed, extra, when, tree)
+    update.add("manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    update.add("patch", change.patch)
+    description = opts.description or change.summary
+    update.add("description", description.rstrip("\n") + "\n")
+    update.add("api-version", API_VERSION + "\n")
+    update.add("timestamp", f"{when}\n")
+    update.add("utsname", _utsname(tree))
+    contents = [f"target {t}" for t in sorted({r.target for r in changed})]
+    for target, data in sorted(modules.items()):
+        update.add(f"modules/{target}.ko", data)
+        contents.append(f"module {target} modules/{target}.ko")
+    update.add("contents", "\n".join(contents) + "\n")
+    update.add_file("debug/build.log", log)
+    tarball = write_tarball(update, out_dir, when)
+    _record(repo, update_id, pre, change, tmp_ref, manifest, description, opts.series)
+    _report(opts, update_id, tarball, pre, change, changed, manifest)
+    return EXIT_OK
+
+
+def _extra_objects(targets: dict[str, str], changed: list[str], opts: CreateOptions) -> list[str]:
+    """Unchanged objects named by --extra-match (minus --exclude-match): their pristine
+    builds ship in debug/ so the running kernel can be checked against them."""
+    if not opts.extra_match:
+        return []
+    inc = [_target_pattern(p) for p in opts.extra_match]
+    exc = [_target_pattern(p) for p in opts.exclude_match]
+    return sorted(o for o in targets if o not in changed
+                  and any(fnmatch.fnmatchcase(o, p) for p in inc)
+                  and not any(fnmatch.fnmatchcase(o, p) for p in exc))
+
+
+def _module_file(tree: Path, target: str) -> Path | None:
+    order = tree / "modules.order"
+    if not order.exists():
+        return None
+    for ko in order.read_text().split():
+        if Path(ko).stem.replace("-", "_") == target:
+            p = tree / (ko if ko.endswith(".ko") else ko[:-2] + ".ko")
+            return p if p.exists() else None
+    return None
+
+
+def _utsname(tree: BuildTree) -> str:
+    r = subprocess.run(["make", "-s", "kernelrelease"], cwd=tree.path, capture_output=True,
+                       text=True)
+    release = r.stdout.strip().splitlines()[-1] if r.returncode == 0 and r.stdout.strip() \
+        else "unknown"
+    return f"Sysname: Linux\nMachine: x86_64\nRelease: {release}\n"
+
+
+def _compiler() -> str:
+    r = subprocess.run(["gcc", "--version"], capture_output=True, text=True)
+    return r.stdout.splitlines()[0] if r.returncode == 0 and r.stdout else "unknown"
+
+
+def _manifest(repo: Repo, update_id: str, opts: CreateOptions, pre: str,
+              change: inputs.Change, changed: list[_ObjectResult], extra: list[str],
+              when: int, tree: BuildTree) -> dict[str, Any]:
+    targets: dict[str, Any] = {}
+    for r in changed:
+        t = targets.setdefault(r.target, {"objects": {}})
+        t["objects"][r.path] = {
+            "changed_functions": [f.as_json() for f in r.result.changed],
+            "new_functions": [f.as_json() for f in r.result.new],
+            "warnings": [w.as_json() for w in r.result.warnings],
+        }
+    return {
+        "format": MANIFEST_FORMAT,
+        "id": update_id,
+        "description": opts.description or change.summary,
+        "mode": change.mode,
+        "pre": pre,
+        "post": change.post,
+        "targets": targets,
+        "extra_objects": extra,
+        "timestamp": when,
+        "compiler": _compiler(),
+        "tool": f"git-ksplice {__version__}",
+        "kcflags": "-ffunction-sections -fdata-sections",
+    }
+
+
+def _record(repo: Repo, update_id: str, pre: str, change: inputs.Change, tmp_ref: str | None,
+            manifest: dict[str, Any], description: str, series: bool) -> None:
+    tip = repo.ref(REF_SERIES)
+    tree = repo.write_tree_from_files({
+        "manifest.json": (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(),
+        "patch": change.patch.encode(),
+        "description": (description.rstrip("\n") + "\n").encode(),
+    })
+    first = description.splitlines()[0] if description.strip() else change.summary
+    entry = repo.user_commit(tree, [tip] if tip else [],
+                             f"ksplice {update_id}: {first}\n\npre: {pre}\npost: {change.post}\n")
+    updates: list[tuple[str, str | None, str | None]] = [
+        (REF_UPDATES + update_id, change.post, None),
+        (REF_SERIES, entry, tip),
+    ]
+    if series:
+        updates.append((REF_PRE, change.post, pre))
+    if tmp_ref is not None:
+        updates.append((tmp_ref, None, change.post))
+    repo.update_refs(updates, f"ksplice create: {update_id} pre={pre[:12]} "
+                              f"post={change.post[:12]} ({change.mode})")
+
+
+def _report(opts: CreateOptions, update_id: str, tarball: Path, pre: str,
+            change: inputs.Change, changed: list[_ObjectResult], manifest: dict) -> None:
+    if opts.as_json:
+        ui.print_json({"schema": 1, "result": "created", "id": update_id,
+                       "tarball": str(tarball), "pre": pre, "post": change.post,
+                       "series": opts.series, "targets": manifest["targets"]})
+        return
+    c = ui.console
+    for r in changed:
+        for f in r.result.changed:
+            c.print(f"changed  {r.target}: {f.name} ({r.path})")
+        for f in r.result.new:
+            c.print(f"new      {r.target}: {f.name} ({r.path})")
+        for w in r.result.warnings:
+            c.print(f"[yellow]warning[/]  {r.path}: {w.symbol}: {w.message}")
+    c.print(f"Update {update_id}: {tarball}")

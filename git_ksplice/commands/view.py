@@ -1,0 +1,124 @@
+"""`git ksplice view` and `git ksplice series`: what was built, from tarballs or the ledger.
+
+The ledger (`refs/ksplice/series`) is a chain of commits, one per update, whose trees hold
+each update's manifest, patch and description; `git log refs/ksplice/series` is its
+history, and `git push/fetch 'refs/ksplice/*'` shares it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pygit2
+
+from git_ksplice import ui
+from git_ksplice.errors import EXIT_OK, InputError
+from git_ksplice.package import read_tarball
+from git_ksplice.repo import REF_SERIES, REF_UPDATES, Repo
+
+
+def _ledger(repo: Repo) -> list[tuple[str, dict[str, Any], str, str]]:
+    """(entry commit, manifest, description, patch), oldest first."""
+    tip = repo.ref(REF_SERIES)
+    out = []
+    pg = repo.pygit
+    oid = tip
+    while oid:
+        commit = pg[oid]
+        tree = commit.tree
+
+        def blob(name: str, tree: pygit2.Tree = tree) -> str:
+            try:
+                return tree[name].data.decode("utf-8", "replace")  # type: ignore[union-attr]
+            except KeyError:
+                return ""
+
+        try:
+            manifest = json.loads(blob("manifest.json") or "{}")
+        except ValueError:
+            manifest = {}
+        out.append((str(commit.id), manifest, blob("description"), blob("patch")))
+        oid = str(commit.parent_ids[0]) if commit.parent_ids else None
+    out.reverse()
+    return out
+
+
+def _functions(manifest: dict[str, Any]) -> list[dict[str, str]]:
+    rows = []
+    for target, t in sorted(manifest.get("targets", {}).items()):
+        for obj, o in sorted(t.get("objects", {}).items()):
+            for f in o.get("changed_functions", []):
+                rows.append({"target": target, "object": obj, "function": f["name"],
+                             "status": "changed"})
+            for f in o.get("new_functions", []):
+                rows.append({"target": target, "object": obj, "function": f["name"],
+                             "status": "new"})
+    return rows
+
+
+def run(tarball: str | None, update_id: str | None, as_json: bool) -> int:
+    if (tarball is None) == (update_id is None):
+        raise InputError("give a TARBALL or --id ID (one of them)")
+    if tarball is not None:
+        t = read_tarball(Path(tarball))
+        manifest, description, patch = t.manifest, t.text("description"), t.text("patch")
+        contents = t.text("contents")
+        uid = t.id
+    else:
+        repo = Repo.discover()
+        entries = [e for e in _ledger(repo) if e[1].get("id") == update_id]
+        if not entries:
+            known = repo.refs(REF_UPDATES + update_id)
+            raise InputError(f"no update {update_id} in the series ledger"
+                             + (" (its ref exists but its ledger entry is missing)"
+                                if known else ""),
+                             hint="git ksplice series lists the updates built here")
+        _, manifest, description, patch = entries[-1]
+        contents = "\n".join(f"target {t}" for t in sorted(manifest.get("targets", {})))
+        uid = update_id
+    functions = _functions(manifest)
+    if as_json:
+        ui.print_json({"schema": 1, "id": uid, "description": description.rstrip("\n"),
+                       "pre": manifest.get("pre"), "post": manifest.get("post"),
+                       "targets": sorted(manifest.get("targets", {})),
+                       "functions": functions, "contents": contents.splitlines(),
+                       "patch": patch})
+        return EXIT_OK
+    out = ui.stdout_console
+    out.print(f"Update {uid}: {description.splitlines()[0] if description else ''}",
+              markup=False)
+    out.print(f"pre {manifest.get('pre', '?')}  post {manifest.get('post', '?')}",
+              markup=False)
+    for line in contents.splitlines():
+        out.print(f"  {line}", markup=False)
+    for f in functions:
+        out.print(f"  {f['status']:8} {f['target']}: {f['function']} ({f['object']})",
+                  markup=False)
+    if patch:
+        out.print("")
+        out.print(patch.rstrip("\n"), markup=False, highlight=False)
+    return EXIT_OK
+
+
+def run_series(as_json: bool) -> int:
+    repo = Repo.discover()
+    entries = _ledger(repo)
+    rows = []
+    for commit, manifest, description, _ in entries:
+        rows.append({"id": manifest.get("id"), "entry": commit,
+                     "description": description.splitlines()[0] if description else "",
+                     "pre": manifest.get("pre"), "post": manifest.get("post"),
+                     "targets": sorted(manifest.get("targets", {})),
+                     "timestamp": manifest.get("timestamp")})
+    if as_json:
+        ui.print_json({"schema": 1, "series": rows})
+        return EXIT_OK
+    if not rows:
+        ui.console.print("No updates built yet.")
+    for r in rows:
+        ui.stdout_console.print(
+            f"{r['id']}  {str(r['post'])[:12]}  {','.join(r['targets'])}  {r['description']}",
+            markup=False)
+    return EXIT_OK

@@ -1,0 +1,343 @@
+"""Every git interaction: discovery, configuration, refs, commits, worktrees, the lock.
+
+git itself answers the questions that depend on the user's environment (`rev-parse` honours
+`GIT_DIR`, `GIT_WORK_TREE`, `-C` and `safe.directory`; `git config` sees `git -c`, which
+libgit2 does not). Refs move only through `git update-ref` with the expected old value: a
+compare-and-swap that also writes the reflog (`--create-reflog`: git does not log
+`refs/ksplice/*` by default). Objects (blobs, trees, commits) are written with pygit2,
+which needs no index or working tree, so the user's HEAD, index and files are never touched.
+
+Build worktrees are our own (`git worktree add --detach`), and every git command run inside
+them gets a scrubbed environment and no hooks: the user's hooks are for the user's trees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pygit2
+
+from git_ksplice.errors import ConcurrencyError, InputError, KspliceError
+
+ZERO_OID = "0" * 40
+REF_PRE = "refs/ksplice/pre"
+REF_SERIES = "refs/ksplice/series"
+REF_UPDATES = "refs/ksplice/updates/"
+REF_TMP = "refs/ksplice/tmp/"
+
+#: The identity of commits git-ksplice makes for its own bookkeeping (temporary commits from
+#: --patch/--diffext): fixed, so the same input on the same base is the same commit.
+TOOL_NAME = "git-ksplice"
+TOOL_EMAIL = "git-ksplice@localhost"
+
+# Variables that tie a git process to one repository or worktree; commands run in our build
+# worktrees must not inherit the user's (a hook's relative GIT_INDEX_FILE, GIT_DIR...).
+_LOCAL_ENV = ("GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_CONFIG", "GIT_OBJECT_DIRECTORY",
+              "GIT_DIR", "GIT_WORK_TREE", "GIT_IMPLICIT_WORK_TREE", "GIT_GRAFT_FILE",
+              "GIT_INDEX_FILE", "GIT_NO_REPLACE_OBJECTS", "GIT_REPLACE_REF_BASE",
+              "GIT_PREFIX", "GIT_INTERNAL_SUPER_PREFIX", "GIT_SHALLOW_FILE", "GIT_COMMON_DIR")
+
+
+class GitError(KspliceError):
+    pass
+
+
+@dataclass(frozen=True)
+class Ref:
+    name: str
+    oid: str | None
+
+
+class Repo:
+    """A repository as git sees it from the user's environment."""
+
+    def __init__(self, git_dir: Path, common_dir: Path, toplevel: Path | None) -> None:
+        self.git_dir = git_dir
+        self.common_dir = common_dir
+        self.toplevel = toplevel
+        self._pygit: pygit2.Repository | None = None
+
+    @classmethod
+    def discover(cls, cwd: str | Path | None = None) -> Repo:
+        cwd = Path(cwd or os.getcwd())
+        r = subprocess.run(["git", "rev-parse", "--absolute-git-dir", "--git-common-dir",
+                            "--is-bare-repository", "--show-toplevel"],
+                           cwd=cwd, capture_output=True, text=True)
+        lines = r.stdout.splitlines()
+        if r.returncode != 0 and not (len(lines) >= 3 and lines[2] == "true"):
+            msg = (r.stderr.strip().splitlines() or ["not a git repository"])[-1]
+            raise InputError(f"{msg.removeprefix('fatal: ')} ({cwd})",
+                             hint="run git ksplice inside the kernel source repository, or "
+                                  "use git -C DIR ksplice")
+        git_dir = Path(lines[0])
+        common = Path(lines[1])
+        if not common.is_absolute():
+            common = (cwd / common).resolve()
+        toplevel = Path(lines[3]) if len(lines) > 3 and lines[2] != "true" else None
+        return cls(git_dir, common.resolve(), toplevel)
+
+    # -- running git ---------------------------------------------------------------------
+
+    def git(self, *args: str, cwd: Path | None = None, input: str | bytes | None = None,
+            env: dict[str, str] | None = None, check: bool = True, text: bool = True,
+            isolated: bool = False) -> subprocess.CompletedProcess:
+        """Run git on this repository. `isolated` runs it for one of our own worktrees (or
+        on the object store alone): scrubbed environment, no hooks."""
+        full_env = dict(os.environ)
+        if isolated:
+            for k in _LOCAL_ENV:
+                full_env.pop(k, None)
+            cmd = ["git", "-c", "core.hooksPath=/dev/null"]
+            if cwd is None:
+                cmd += [f"--git-dir={self.common_dir}"]
+        else:
+            cmd = ["git"]
+            if cwd is None:
+                cmd += [f"--git-dir={self.git_dir}"]
+        if env:
+            full_env.update(env)
+        if isinstance(input, str) and not text:
+            input = input.encode()
+        r = subprocess.run(cmd + list(args), cwd=cwd, input=input, capture_output=True,
+                           text=text, env=full_env)
+        if check and r.returncode != 0:
+            err = r.stderr if text else r.stderr.decode(errors="replace")
+            raise GitError(f"git {' '.join(args)} failed: {err.strip()}")
+        return r
+
+    @property
+    def pygit(self) -> pygit2.Repository:
+        if self._pygit is None:
+            try:
+                self._pygit = pygit2.Repository(str(self.common_dir))
+            except pygit2.GitError as e:
+                raise GitError(f"cannot open the repository's objects with libgit2: {e}",
+                               hint="git-ksplice needs a repository libgit2 can read (not "
+                                    "reftable)") from None
+        return self._pygit
+
+    # -- configuration -------------------------------------------------------------------
+
+    def config(self, key: str, *, type: str | None = None) -> str | None:
+        """A setting as git sees it, `git -c` included."""
+        args = ["config", "--get"]
+        if type:
+            args.append(f"--type={type}")
+        r = self.git(*args, key, check=False)
+        if r.returncode == 1:
+            return None
+        if r.returncode != 0:
+            raise InputError(f"bad value for {key}: {r.stderr.strip()}")
+        return r.stdout.rstrip("\n")
+
+    def config_all(self, key: str) -> list[str]:
+        r = self.git("config", "--get-all", key, check=False)
+        return r.stdout.splitlines() if r.returncode == 0 else []
+
+    # -- objects -------------------------------------------------------------------------
+
+    def resolve_commit(self, rev: str) -> str | None:
+        r = self.git("rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}",
+                     check=False)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        r = self.git("merge-base", "--is-ancestor", ancestor, descendant, check=False)
+        return r.returncode == 0
+
+    def commit_subject(self, oid: str) -> str:
+        return self.pygit[oid].message.splitlines()[0] if self.pygit[oid].message else ""
+
+    def commit_message(self, oid: str) -> str:
+        return self.pygit[oid].message
+
+    def diff_patch(self, old: str, new: str) -> str:
+        return self.git("diff", "--no-color", "--no-ext-diff", "--binary", old, new,
+                        isolated=True).stdout
+
+    def changed_paths(self, old: str, new: str) -> list[str]:
+        out = self.git("diff", "--name-only", "-z", "--no-renames", old, new,
+                       isolated=True).stdout
+        return [p for p in out.split("\0") if p]
+
+    def tree_with_files(self, base: str, files: dict[str, bytes | None]) -> str:
+        """The tree of commit `base` with `files` replaced (None: removed), in memory: no
+        index file or working tree is involved."""
+        repo = self.pygit
+        index = pygit2.Index()
+        index.read_tree(repo[base].peel(pygit2.Tree))
+        for path, data in sorted(files.items()):
+            if data is None:
+                if path in index:
+                    index.remove(path)
+                continue
+            mode = pygit2.enums.FileMode.BLOB
+            if path in index:
+                mode = index[path].mode
+            index.add(pygit2.IndexEntry(path, repo.create_blob(data), mode))
+        return str(index.write_tree(repo))
+
+    def tool_commit(self, tree: str, parent: str, message: str) -> str:
+        """A commit made by git-ksplice itself: fixed author and date (the parent's), so the
+        same change on the same base always gives the same commit."""
+        parent_commit = self.pygit[parent]
+        sig = pygit2.Signature(TOOL_NAME, TOOL_EMAIL, parent_commit.commit_time, 0)
+        oid = self.pygit.create_commit(None, sig, sig, message, pygit2.Oid(hex=tree),
+                                       [pygit2.Oid(hex=parent)])
+        return str(oid)
+
+    def user_commit(self, tree: str, parents: list[str], message: str) -> str:
+        """A commit the user keeps (the series ledger), with the user's identity when git has
+        one (GIT_AUTHOR_* / user.name), else the tool's."""
+        r = self.git("var", "GIT_COMMITTER_IDENT", check=False)
+        env = {}
+        if r.returncode != 0:
+            env = {"GIT_AUTHOR_NAME": TOOL_NAME, "GIT_AUTHOR_EMAIL": TOOL_EMAIL,
+                   "GIT_COMMITTER_NAME": TOOL_NAME, "GIT_COMMITTER_EMAIL": TOOL_EMAIL}
+        args = ["commit-tree", tree]
+        for p in parents:
+            args += ["-p", p]
+        return self.git(*args, input=message, env=env).stdout.strip()
+
+    def write_tree_from_files(self, files: dict[str, bytes]) -> str:
+        index = pygit2.Index()
+        repo = self.pygit
+        for path, data in sorted(files.items()):
+            index.add(pygit2.IndexEntry(path, repo.create_blob(data),
+                                        pygit2.enums.FileMode.BLOB))
+        return str(index.write_tree(repo))
+
+    def read_blob(self, commit: str, path: str) -> bytes | None:
+        try:
+            obj = self.pygit[commit].peel(pygit2.Tree)[path]
+        except KeyError:
+            return None
+        return obj.data if isinstance(obj, pygit2.Blob) else None
+
+    # -- refs ----------------------------------------------------------------------------
+
+    def ref(self, name: str) -> str | None:
+        r = self.git("rev-parse", "--verify", "--quiet", name, check=False)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    def refs(self, prefix: str) -> dict[str, str]:
+        out = self.git("for-each-ref", "--format=%(refname) %(objectname)", prefix).stdout
+        return dict(line.split(" ", 1) for line in out.splitlines())
+
+    def update_refs(self, updates: list[tuple[str, str | None, str | None]],
+                    message: str) -> None:
+        """Move several refs at once, all or none: (name, new or None to delete, expected
+        old value or None for "must not exist")."""
+        lines = ["start"]
+        for name, new, old in updates:
+            if new is None:
+                lines.append(f"delete {name} {old or ''}".rstrip())
+            else:
+                lines.append(f"update {name} {new} {old or ZERO_OID}")
+        lines += ["prepare", "commit"]
+        r = self.git("update-ref", "--create-reflog", "-m", message, "--stdin",
+                     input="\n".join(lines) + "\n", check=False)
+        if r.returncode != 0:
+            raise ConcurrencyError(
+                "refs under refs/ksplice/ moved while git ksplice was working: "
+                + r.stderr.strip().removeprefix("fatal: "),
+                hint="another git ksplice or a user changed them; check `git reflog "
+                     "refs/ksplice/...` and run the command again")
+
+    def update_ref(self, name: str, new: str, old: str | None, message: str) -> None:
+        """Move `name` from `old` (None: it must not exist) to `new`, or fail: nobody else's
+        move is ever overwritten."""
+        r = self.git("update-ref", "--create-reflog", "-m", message, name, new,
+                     old or ZERO_OID, check=False)
+        if r.returncode != 0:
+            now = self.ref(name)
+            raise ConcurrencyError(
+                f"{name} moved while git ksplice was working (expected "
+                f"{(old or 'no ref')[:12]}, found {(now or 'no ref')[:12]})",
+                hint="another git ksplice or a user changed it; check `git reflog " + name +
+                     "` and run the command again")
+
+    def delete_ref(self, name: str, old: str, message: str) -> None:
+        r = self.git("update-ref", "-m", message, "-d", name, old, check=False)
+        if r.returncode != 0 and self.ref(name) is not None:
+            raise ConcurrencyError(f"{name} moved while git ksplice was working; not deleted")
+
+    # -- worktrees -----------------------------------------------------------------------
+
+    def worktree_paths(self) -> list[Path]:
+        out = self.git("worktree", "list", "--porcelain", isolated=True).stdout
+        return [Path(line[9:]) for line in out.splitlines() if line.startswith("worktree ")]
+
+    def add_worktree(self, path: Path, commit: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.git("worktree", "add", "--detach", "--quiet", str(path), commit, isolated=True)
+        self.git("worktree", "lock", "--reason", "git-ksplice build tree", str(path),
+                 isolated=True, check=False)
+
+    def remove_worktree(self, path: Path) -> None:
+        self.git("worktree", "unlock", str(path), isolated=True, check=False)
+        self.git("worktree", "remove", "--force", "--force", str(path), isolated=True,
+                 check=False)
+        if path.exists():
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+        self.git("worktree", "prune", isolated=True, check=False)
+
+    def worktree_head(self, path: Path) -> str | None:
+        r = self.git("rev-parse", "--verify", "--quiet", "HEAD", cwd=path, isolated=True,
+                     check=False)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    def worktree_dirty(self, path: Path) -> list[str]:
+        """Tracked files that differ from HEAD in one of our worktrees (build products are
+        ignored or untracked and do not count)."""
+        out = self.git("status", "--porcelain=v1", "-z", "--untracked-files=no",
+                       "--ignore-submodules", cwd=path, isolated=True).stdout
+        return [entry[3:] for entry in out.split("\0") if entry]
+
+    def checkout(self, path: Path, commit: str) -> None:
+        """Switch one of our worktrees to `commit`. Only files that differ are rewritten, so
+        the build sees exactly the change."""
+        self.git("checkout", "--detach", "--force", "--quiet", commit, cwd=path, isolated=True)
+
+    # -- the lock ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, *, wait: bool, on_wait=None) -> Iterator[None]:
+        """Serialise `create` runs on this repository (flock: released by the kernel when a
+        run dies, so a killed run never leaves a stale lock)."""
+        path = self.state_dir / "lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                if not wait:
+                    raise ConcurrencyError(
+                        f"another git ksplice create is running on this repository "
+                        f"({holder or 'unknown process'})",
+                        hint="wait for it, or run without --no-wait to queue behind it"
+                    ) from None
+                if on_wait:
+                    on_wait(holder)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    @property
+    def state_dir(self) -> Path:
+        """Where git-ksplice keeps its state: build trees, caches, logs."""
+        return self.common_dir / "ksplice"
