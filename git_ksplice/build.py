@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from git_ksplice.errors import BuildError, InputError
+from git_ksplice.faults import checkpoint
 from git_ksplice.repo import Repo
 
 #: What git-ksplice adds to the kernel's compiler flags: one section per function and per
@@ -199,11 +200,13 @@ class BuildTree:
         current = {k: st.get(k) for k in wanted}
         if current == wanted and manifest is not None and st.get("phase") == "pristine":
             return False
-        if not rebuild and manifest is not None and st.get("pre") == pre:
+        if not rebuild and manifest is not None and st.get("pre") == pre \
+                and st.get("phase") == "pristine":
             return False
         if st.get("pre") != pre:
             self.repo.checkout(self.path, pre)
         self._set_state(phase="building-pristine", **wanted)
+        checkpoint("prebuild-started")
         dst = self.path / ".config"
         if not dst.exists() or dst.read_bytes() != orig.dot_config.read_bytes():
             shutil.copy2(orig.dot_config, dst)
@@ -256,7 +259,9 @@ class BuildTree:
         st = self.state()
         self._set_state(**{**st, "phase": "patched", "post": post})
         self.repo.checkout(self.path, post)
+        checkpoint("patched-checkout")
         compiled = self._make(settings, log)
+        checkpoint("patched-built")
         manifest = Manifest.load(self.manifest_file) or Manifest()
         now = self._outputs()
         rebuilt = sorted(p for p, meta in now.items() if manifest.files.get(p) != meta)

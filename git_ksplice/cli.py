@@ -46,7 +46,7 @@ def _create_options(f):
                      "makes to refs/ksplice/pre (applied with patch(1))."),
         click.option("--diffext", metavar="EXT", help="Every file X<EXT> in the working tree "
                      "replaces X."),
-        click.option("--git", "git_commit", metavar="COMMIT", help="Same as COMMIT."),
+        click.option("--git", "git_commit", metavar="COMMIT", help="Build the change refs/ksplice/pre..COMMIT (same as COMMIT)."),
         click.option("--prebuild", is_flag=True, help="Only build the pristine tree."),
         click.option("--series/--no-series", default=False, help="Stack: the next update "
                      "builds on this one (refs/ksplice/pre advances)."),
@@ -71,7 +71,7 @@ def _create_options(f):
         click.option("--patch-opt", "patch_opts", multiple=True, metavar="OPT",
                      help="Option for patch(1) (repeatable; replaces the default -p1)."),
         click.option("-o", "--output", metavar="DIR", help="Where to write the tarball "
-                     "(default: the current directory)."),
+                     "(default: ksplice.outputDir, or .git/ksplice/updates)."),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON document on "
                      "stdout."),
         click.option("--wait/--no-wait", default=True, help="Wait for another create on this "
@@ -81,7 +81,7 @@ def _create_options(f):
     return f
 
 
-def _run_create(commit: str | None, **kw) -> None:
+def _run_create(commit: str | None, source: str | None = None, **kw) -> None:
     from git_ksplice.commands.create import CreateOptions, run
 
     git_commit = kw.pop("git_commit")
@@ -95,7 +95,7 @@ def _run_create(commit: str | None, **kw) -> None:
         build_modules=kw["build_modules"], only_targets=list(kw["only_targets"]),
         extra_match=list(kw["extra_match"]), exclude_match=list(kw["exclude_match"]),
         skip_prebuild=kw["skip_prebuild"], patch_opts=list(kw["patch_opts"]),
-        output=kw["output"], as_json=kw["as_json"], wait=kw["wait"])
+        output=kw["output"], as_json=kw["as_json"], wait=kw["wait"], source=source)
     sys.exit(run(opts))
 
 
@@ -135,12 +135,41 @@ def series_cmd(as_json: bool) -> None:
     sys.exit(run_series(as_json))
 
 
+@click.command("ksplice-create", context_settings={"help_option_names": ["-h", "--help", "-?"]})
+@click.argument("kernel_source", type=click.Path(file_okay=False))
+@_create_options
+@click.version_option(__version__, prog_name="ksplice-create")
+def ksplice_create_cmd(kernel_source: str, **kw) -> None:
+    """ksplice-create [OPTIONS] {--patch=FILE | --diffext=EXT | --git=COMMIT | --prebuild}
+    KERNEL_SOURCE
+
+    Build a rebootless update of the kernel whose source is the git repository
+    KERNEL_SOURCE, as Ksplice's ksplice-create did. Same as `git -C KERNEL_SOURCE ksplice
+    create`; exactly one of --patch, --diffext, --git or --prebuild.
+    """
+    if not any(kw[k] for k in ("patch", "diffext", "git_commit", "prebuild")):
+        raise click.UsageError("give one of --patch, --diffext, --git or --prebuild")
+    if kw["output"] is None:
+        kw["output"] = "."  # ksplice-create wrote the tarball to the current directory
+    _run_create(None, source=kernel_source, **kw)
+
+
+def ksplice_create_main(argv: list[str] | None = None) -> int:
+    """Entry point of the `ksplice-create` script."""
+    return _main(ksplice_create_cmd, "ksplice-create", argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `git-ksplice`: the only place that turns errors into exit codes."""
+    """Entry point of `git-ksplice`."""
+    return _main(cli, "git ksplice", argv)
+
+
+def _main(command: click.Command, prog_name: str, argv: list[str] | None) -> int:
+    """The only place that turns errors into exit codes."""
     from git_ksplice import ui
 
     try:
-        cli.main(args=argv, prog_name="git ksplice", standalone_mode=False)
+        command.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except KspliceError as e:
         ui.error(e.message, e.hint)
         return e.exit_code

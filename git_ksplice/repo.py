@@ -234,10 +234,12 @@ class Repo:
     def update_refs(self, updates: list[tuple[str, str | None, str | None]],
                     message: str) -> None:
         """Move several refs at once, all or none: (name, new or None to delete, expected
-        old value or None for "must not exist")."""
+        old value or None for "must not exist"); new == old only checks the ref."""
         lines = ["start"]
         for name, new, old in updates:
-            if new is None:
+            if new is not None and new == old:
+                lines.append(f"verify {name} {old}")
+            elif new is None:
                 lines.append(f"delete {name} {old or ''}".rstrip())
             else:
                 lines.append(f"update {name} {new} {old or ZERO_OID}")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from git_ksplice import __version__, inputs, ui
+from git_ksplice.faults import checkpoint
 from git_ksplice.build import BuildSettings, BuildTree, OrigConfig, target_map
 from git_ksplice.elf.diff import DiffResult, Options, diff_objects
 from git_ksplice.elf.model import read_object
@@ -64,7 +65,10 @@ class CreateOptions:
     output: str | None = None
     as_json: bool = False
     wait: bool = True
+    #: Where relative paths (--patch, --config, -o) are resolved: the user's directory.
     cwd: str = field(default_factory=os.getcwd)
+    #: Where the repository is found (ksplice-create's KERNEL_SOURCE); default `cwd`.
+    source: str | None = None
 
 
 def _modes(opts: CreateOptions) -> list[str]:
@@ -139,28 +143,28 @@ def run(opts: CreateOptions) -> int:
     if len(modes) > 1:
         raise InputError("give one change at a time: " + " and ".join(modes) + " were given",
                          hint="use one of COMMIT, --git, --patch, --diffext or --prebuild")
-    repo = Repo.discover(opts.cwd)
+    repo = Repo.discover(opts.source or opts.cwd)
     update_id = opts.id or _new_id()
     if not _ID.match(update_id):
         raise InputError(f"--id={update_id!r}: an update id is 1 to 32 characters of a-z, "
                          "0-9 and _, starting with a letter or digit")
     orig = _orig_config(repo, opts)
     jobs = _jobs(repo, opts)
-    out_dir = Path(opts.output) if opts.output else Path(opts.cwd)
-    if not out_dir.is_absolute():
-        out_dir = Path(opts.cwd) / out_dir
+    out_dir = _output_dir(repo, opts)
     phases = ui.Phases(verbose=opts.verbose, quiet=opts.as_json and not opts.verbose)
 
     def waiting(holder: str) -> None:
         phases.note(f"waiting for another git ksplice create ({holder or 'running'})...")
 
     with repo.lock(wait=opts.wait, on_wait=waiting):
+        checkpoint("locked")
         _forget_dead_runs(repo)
         if not opts.prebuild and repo.ref(REF_UPDATES + update_id) is not None:
             raise InputError(f"update id {update_id} already exists "
                              f"({REF_UPDATES}{update_id})",
                              hint="choose another --id, or leave it out for a random one")
         pre = _pre(repo, opts, phases)
+        checkpoint("pre-created")
         tree = BuildTree(repo)
         settings = BuildSettings(jobs, _make_args(repo, orig), opts.verbose,
                                  on_line=phases.build_line)
@@ -173,6 +177,7 @@ def run(opts: CreateOptions) -> int:
         built = tree.ensure_pristine(pre, orig, settings, log=logs / "prebuild.log",
                                      rebuild=not opts.skip_prebuild, on_repair=phases.note)
         phases.done("built" if built else "up to date")
+        checkpoint("prebuilt")
         if opts.prebuild:
             if opts.as_json:
                 ui.print_json({"schema": 1, "result": "prebuilt", "pre": pre,
@@ -183,6 +188,7 @@ def run(opts: CreateOptions) -> int:
         if change.temporary:
             tmp_ref = REF_TMP + update_id
             repo.update_ref(tmp_ref, change.post, None, f"ksplice create: building {update_id}")
+        checkpoint("post-created")
         try:
             return _build_and_package(repo, opts, update_id, orig, tree, settings, pre,
                                       change, tmp_ref, out_dir, phases, logs)
@@ -192,6 +198,16 @@ def run(opts: CreateOptions) -> int:
             raise
         finally:
             phases.stop()
+
+
+def _output_dir(repo: Repo, opts: CreateOptions) -> Path:
+    """-o DIR, else ksplice.outputDir, else the state directory: never, by default, the
+    user's working tree (an untracked tarball there would change `git status`)."""
+    chosen = opts.output or repo.config("ksplice.outputDir", type="path")
+    if chosen is None:
+        return repo.state_dir / "updates"
+    p = Path(chosen).expanduser()
+    return p if p.is_absolute() else Path(opts.cwd) / p
 
 
 def _forget_dead_runs(repo: Repo) -> None:
@@ -283,6 +299,7 @@ def _build_and_package(repo: Repo, opts: CreateOptions, update_id: str, orig: Or
                     if ko is not None:
                         modules[r.target] = ko.read_bytes()
         phases.done(f"{len(results)} objects")
+        checkpoint("compared")
     finally:
         tree.revert(pre)
     refused = [r for r in results if r.result.result == "refused"]
@@ -317,7 +334,9 @@ def _build_and_package(repo: Repo, opts: CreateOptions, update_id: str, orig: Or
     update.add("contents", "\n".join(contents) + "\n")
     update.add_file("debug/build.log", log)
     tarball = write_tarball(update, out_dir, when)
+    checkpoint("tarball-written")
     _record(repo, update_id, pre, change, tmp_ref, manifest, description, opts.series)
+    checkpoint("recorded")
     _report(opts, update_id, tarball, pre, change, changed, manifest)
     return EXIT_OK
 
@@ -400,8 +419,9 @@ def _record(repo: Repo, update_id: str, pre: str, change: inputs.Change, tmp_ref
         (REF_UPDATES + update_id, change.post, None),
         (REF_SERIES, entry, tip),
     ]
-    if series:
-        updates.append((REF_PRE, change.post, pre))
+    # The update was built against pre: if someone moved pre meanwhile, say so rather than
+    # record it against a source that is no longer the running kernel's.
+    updates.append((REF_PRE, change.post if series else pre, pre))
     if tmp_ref is not None:
         updates.append((tmp_ref, None, change.post))
     repo.update_refs(updates, f"ksplice create: {update_id} pre={pre[:12]} "
