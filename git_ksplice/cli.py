@@ -46,7 +46,8 @@ def _create_options(f):
                      "makes to refs/ksplice/pre (applied with patch(1))."),
         click.option("--diffext", metavar="EXT", help="Every file X<EXT> in the working tree "
                      "replaces X."),
-        click.option("--git", "git_commit", metavar="COMMIT", help="Build the change refs/ksplice/pre..COMMIT (same as COMMIT)."),
+        click.option("--git", "git_commit", metavar="COMMIT", help="Build the change "
+                     "refs/ksplice/pre..COMMIT (same as COMMIT)."),
         click.option("--prebuild", is_flag=True, help="Only build the pristine tree."),
         click.option("--series/--no-series", default=False, help="Stack: the next update "
                      "builds on this one (refs/ksplice/pre advances)."),

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from git_ksplice import __version__, inputs, ui
-from git_ksplice.faults import checkpoint
 from git_ksplice.build import BuildSettings, BuildTree, OrigConfig, target_map
 from git_ksplice.elf.diff import DiffResult, Options, diff_objects
 from git_ksplice.elf.model import read_object
@@ -38,6 +37,7 @@ from git_ksplice.errors import (
     NoChangeError,
     RefusedError,
 )
+from git_ksplice.faults import checkpoint
 from git_ksplice.package import API_VERSION, MANIFEST_FORMAT, Update, timestamp, write_tarball
 from git_ksplice.repo import REF_PRE, REF_SERIES, REF_TMP, REF_UPDATES, Repo
 
@@ -111,6 +111,9 @@ def _orig_config(repo: Repo, opts: CreateOptions) -> OrigConfig:
                 p = repo.toplevel / p
         elif repo.toplevel is not None:
             p = repo.toplevel / "ksplice"
+            main_tree = repo.common_dir.parent
+            if not p.exists() and (main_tree / "ksplice").is_dir():
+                p = main_tree / "ksplice"  # from a linked worktree: the main tree's
         else:
             raise InputError("no ORIG_CONFIG: this repository has no working tree",
                              hint="pass --config=DIR or set ksplice.config")
@@ -139,6 +142,18 @@ def _target_pattern(pattern: str) -> str:
 
 
 def run(opts: CreateOptions) -> int:
+    try:
+        return _run(opts)
+    except KspliceError as e:
+        if opts.as_json:
+            # Scripts get one document whatever happens; the message still goes to stderr.
+            result = {66: "unchanged", 65: "refused"}.get(e.exit_code, "error")
+            ui.print_json({"schema": 1, "result": result, "message": e.message,
+                           "hint": e.hint})
+        raise
+
+
+def _run(opts: CreateOptions) -> int:
     modes = _modes(opts)
     if len(modes) > 1:
         raise InputError("give one change at a time: " + " and ".join(modes) + " were given",
@@ -326,7 +341,7 @@ def _build_and_package(repo: Repo, opts: CreateOptions, update_id: str, orig: Or
     update.add("description", description.rstrip("\n") + "\n")
     update.add("api-version", API_VERSION + "\n")
     update.add("timestamp", f"{when}\n")
-    update.add("utsname", _utsname(tree))
+    update.add("utsname", _utsname(tree, settings))
     contents = [f"target {t}" for t in sorted({r.target for r in changed})]
     for target, data in sorted(modules.items()):
         update.add(f"modules/{target}.ko", data)
@@ -364,9 +379,9 @@ def _module_file(tree: Path, target: str) -> Path | None:
     return None
 
 
-def _utsname(tree: BuildTree) -> str:
-    r = subprocess.run(["make", "-s", "kernelrelease"], cwd=tree.path, capture_output=True,
-                       text=True)
+def _utsname(tree: BuildTree, settings: BuildSettings) -> str:
+    r = subprocess.run(["make", "-s", *settings.make_args, "kernelrelease"], cwd=tree.path,
+                       capture_output=True, text=True)
     release = r.stdout.strip().splitlines()[-1] if r.returncode == 0 and r.stdout.strip() \
         else "unknown"
     return f"Sysname: Linux\nMachine: x86_64\nRelease: {release}\n"
