@@ -319,7 +319,7 @@ class BuildTree:
         env = dict(os.environ)
         for k in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL"):
             env.pop(k, None)
-        with open(log, "w") as logf:
+        with open(log, "w", buffering=1) as logf:  # line-buffered: tail -f works
             logf.write("$ " + shlex.join(cmd) + "\n")
             logf.flush()
             proc = subprocess.Popen(cmd, cwd=self.path, stdout=subprocess.PIPE,
