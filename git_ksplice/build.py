@@ -288,8 +288,8 @@ class BuildTree:
             if want == meta:
                 continue
             target = self.path / rel
+            target.unlink(missing_ok=True)  # a symlink or a file written since, replaced whole
             if want is None:
-                target.unlink(missing_ok=True)
                 continue
             shutil.copy2(self.cache / rel, target, follow_symlinks=False)
             # Newer than the sources just checked out again, so make will not rebuild it.
@@ -297,7 +297,8 @@ class BuildTree:
             manifest.files[rel] = (want[0], stamp)
             shutil.copystat(target, self.cache / rel, follow_symlinks=False)
         for rel in set(manifest.files) - set(now):
-            if (self.cache / rel).exists():
+            if (self.cache / rel).exists() or (self.cache / rel).is_symlink():
+                (self.path / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(self.cache / rel, self.path / rel, follow_symlinks=False)
                 os.utime(self.path / rel, ns=(stamp, stamp), follow_symlinks=False)
                 manifest.files[rel] = (manifest.files[rel][0], stamp)

@@ -186,4 +186,11 @@ def _main(command: click.Command, prog_name: str, argv: list[str] | None) -> int
         return e.code if isinstance(e.code, int) else EXIT_ERROR
     except BrokenPipeError:
         return EXIT_ERROR
+    except Exception:  # a bug: say so, and keep the evidence
+        import traceback
+
+        ui.error("internal error in git-ksplice (this is a bug; please report it with the "
+                 "traceback below)")
+        traceback.print_exc()
+        return EXIT_ERROR
     return 0

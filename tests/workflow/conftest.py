@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -85,7 +84,11 @@ def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Nothing from the machine's git configuration or environment leaks into a test."""
     home = tmp_path / "home"
     home.mkdir()
-    env = hermetic_env(home)
+    return use_env(monkeypatch, hermetic_env(home))
+
+
+def use_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> dict[str, str]:
+    """Make `env` the whole of os.environ until monkeypatch undoes it."""
     for k in list(os.environ):
         if k not in env:
             monkeypatch.delenv(k)
@@ -259,12 +262,15 @@ class Kernel:
 
     # running git-ksplice
     def ksplice(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-                expect: int | None = 0, via: str = "git",
+                expect: int | None = 0, via: str = "git", git_args: tuple[str, ...] = (),
                 check_state: tuple[Path, ...] | None = None,
                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run git-ksplice as a user does and check what every run must respect: the exit
-        code, no Python traceback, and the user's state untouched."""
-        cmd = {"git": ["git", "ksplice"], "python": [sys.executable, "-m", "git_ksplice"],
+        code, no Python traceback, and the user's state untouched. `via`: `git` (git's
+        dispatch, with `git_args` before `ksplice`), `python` (python -m git_ksplice) or
+        `script` (ksplice-create)."""
+        cmd = {"git": ["git", *git_args, "ksplice"],
+               "python": [sys.executable, "-m", "git_ksplice"],
                "script": ["ksplice-create"]}[via] + list(args)
         full_env = dict(os.environ)
         if env:
@@ -287,13 +293,16 @@ class Kernel:
         self.create("--prebuild")
 
     def assert_tree_clean(self) -> None:
-        """The build tree holds refs/ksplice/pre, unmodified, and no run left it mid-build."""
+        """No run left the build tree mid-build: it holds the commit its pristine build is
+        of, unmodified. (After --series that is the old pre until the next run needs the
+        new one.)"""
         dirty = self.git("status", "--porcelain", "--untracked-files=no", cwd=self.tree)
         assert dirty == "", f"build tree dirty:\n{dirty}"
         state = json.loads((self.tree.parent / "state.json").read_text())
         assert state.get("phase") == "pristine", state
         head = self.git("rev-parse", "HEAD", cwd=self.tree).strip()
-        assert head == self.rev("refs/ksplice/pre")
+        assert head == state["pre"], (head, state)
+        self.git("merge-base", "--is-ancestor", head, "refs/ksplice/pre")
 
     def assert_no_tmp_refs(self) -> None:
         left = [r for r in self.ksplice_refs() if r.startswith("refs/ksplice/tmp/")]
@@ -420,5 +429,3 @@ def unchanged(*worktrees: Path) -> Iterator[None]:
     for w, b in zip(worktrees, before, strict=True):
         b.assert_same(UserState.of(w), "the commands")
 
-
-__all__ = ["DEMO_FIX", "PROC_FIX", "SYS_FIX", "Kernel", "explain", "io"]

@@ -1,0 +1,141 @@
+"""Where and how git-ksplice is started: subdirectories, `git -C`, linked worktrees, job
+counts from options, environment and configuration, and the `ksplice-create` script."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.workflow.conftest import (
+    PROC_FIX,
+    SYS_FIX,
+    Kernel,
+    changed_functions,
+    diff_objects,
+    manifest,
+    read_update,
+)
+
+
+def test_from_a_subdirectory(warm_kernel: Kernel, tmp_path: Path) -> None:
+    """A developer runs create from deep in the tree, with paths relative to where they are."""
+    k = warm_kernel
+    k.commit("proc: say more", PROC_FIX)
+    patch = tmp_path / "fix.patch"
+    patch.write_text(k.diff())
+    sub = k.path / "drivers" / "demo"
+    k.create("--id", "sub", cwd=sub)
+    k.create("--patch=../../../fix.patch", "--id", "subpatch", "-o", "../../../out", cwd=sub)
+    a = read_update(k.tarball("sub"))
+    b = read_update(k.tarball("subpatch", tmp_path / "out"))
+    assert diff_objects(a) == diff_objects(b) != {}
+    k.assert_tree_clean()
+
+
+def test_through_git_dash_c(warm_kernel: Kernel, tmp_path: Path) -> None:
+    """A script builds updates without entering the repository: git -C DIR ksplice."""
+    k = warm_kernel
+    k.commit("proc: say more", PROC_FIX)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = k.ksplice("create", "--id", "viac", "--json", git_args=("-C", str(k.path)),
+                  cwd=elsewhere)
+    assert Path(json.loads(r.stdout)["tarball"]) == k.tarball("viac")
+    assert list(elsewhere.iterdir()) == []
+    # python -m git_ksplice is the same program.
+    k.commit("uname: longer name", SYS_FIX)
+    k.create("--id", "viapy", via="python")
+    assert changed_functions(manifest(read_update(k.tarball("viapy")))) == {
+        "fs/proc.o": ["proc_show"], "kernel/sys.o": ["sys_uname"]}
+
+
+def test_from_a_linked_worktree(warm_kernel: Kernel, tmp_path: Path) -> None:
+    """The fix lives on a branch checked out in a second worktree of the user's
+    (git worktree add); ORIG_CONFIG is configured once for the repository."""
+    k = warm_kernel
+    wt = tmp_path / "topic"
+    k.git("worktree", "add", "-q", "-b", "topic", str(wt))
+    post = k.commit("proc: say more", PROC_FIX, root=wt)
+    k.git("config", "ksplice.config", str(k.path / "ksplice"))
+    r = k.create("--id", "wt", "--json", cwd=wt, check_state=(k.path, wt))
+    doc = json.loads(r.stdout)
+    assert doc["post"] == post and doc["pre"] == k.rev("main")
+    assert Path(doc["tarball"]) == k.tarball("wt"), "state lives in the common git dir"
+    assert k.rev("refs/ksplice/updates/wt") == post
+    k.assert_tree_clean()
+    # The main worktree's HEAD is not the fix: from there, HEAD is pre itself.
+    k.create("--id", "main", expect=66)
+
+
+def test_linked_worktree_finds_the_main_trees_orig_config(warm_kernel: Kernel,
+                                                          tmp_path: Path) -> None:
+    """Same, without ksplice.config: ORIG_CONFIG is the main worktree's ksplice/, unless the
+    linked worktree has its own."""
+    k = warm_kernel
+    wt = tmp_path / "topic"
+    k.git("worktree", "add", "-q", "-b", "topic", str(wt))
+    k.commit("proc: say more", PROC_FIX, root=wt)
+    k.create("--id", "wt", cwd=wt, check_state=(k.path, wt))
+    (wt / "ksplice").mkdir()
+    r = k.create("--id", "own", cwd=wt, check_state=(k.path, wt), expect=1)
+    assert f"System.map file in ORIG_CONFIG directory {wt / 'ksplice'}" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(("env", "git_args", "args", "jobs"), [
+    ({}, ("-c", "ksplice.jobs=3"), ("-v",), 3),
+    ({"CONCURRENCY_LEVEL": "2"}, (), (), 2),
+    ({"CONCURRENCY_LEVEL": "2"}, ("-c", "ksplice.jobs=3"), (), 2),
+    ({"CONCURRENCY_LEVEL": "2"}, ("-c", "ksplice.jobs=3"), ("-j", "1", "-vv"), 1),
+], ids=["config", "env", "env-over-config", "option-over-both"])
+def test_job_count(env: dict[str, str], git_args: tuple[str, ...], args: tuple[str, ...],
+                   jobs: int, warm_kernel: Kernel) -> None:
+    """The make job count comes from -j, else CONCURRENCY_LEVEL, else ksplice.jobs."""
+    k = warm_kernel
+    k.commit("proc: say more", PROC_FIX)
+    r = k.ksplice("create", "--id", "jobs", *args, env=env, git_args=git_args)
+    command = k.log("jobs").read_text().splitlines()[0]
+    assert re.match(rf"\$ make -j{jobs} ", command), command
+    assert command.endswith(" V=1") == ("-vv" in args), command
+    if "-v" in args or "-vv" in args:
+        assert "  CC      fs/proc.o" in r.stderr, "-v shows the build's output"
+    else:
+        assert "  CC      " not in r.stderr
+
+
+def test_ksplice_create_script(kernel: Kernel, tmp_path: Path) -> None:
+    """Someone used to Ksplice runs ksplice-create from their own directory, naming the
+    kernel source: the tarball lands in the current directory."""
+    k = kernel
+    out = tmp_path / "work"
+    out.mkdir()
+    k.ksplice("--prebuild", "../linux", via="script", cwd=out)
+    assert list(out.iterdir()) == []
+    for rel, (old, new) in PROC_FIX.items():
+        k.edit(rel, old, new)
+    (out / "fix.patch").write_text(k.git("diff"))
+    k.git("checkout", "--", *PROC_FIX)
+    k.ksplice("--patch=fix.patch", "--id", "kc", str(k.path), via="script", cwd=out)
+    files = read_update(out / "ksplice-kc.tar.gz")
+    assert changed_functions(manifest(files)) == {"fs/proc.o": ["proc_show"]}
+
+    k.commit("proc: say more", PROC_FIX)
+    k.ksplice("--git=HEAD", "--id", "kg", "../linux", via="script", cwd=out)
+    assert diff_objects(read_update(out / "ksplice-kg.tar.gz")) == diff_objects(files)
+    assert sorted(p.name for p in out.iterdir()) == ["fix.patch", "ksplice-kc.tar.gz",
+                                                     "ksplice-kg.tar.gz"]
+
+    r = k.ksplice("../linux", via="script", cwd=out, expect=2)
+    assert "give one of --patch, --diffext, --git or --prebuild" in r.stderr, r.stderr
+    r = k.ksplice("--git=HEAD", via="script", cwd=out, expect=2)
+    assert "KERNEL_SOURCE" in r.stderr, r.stderr
+
+
+def test_ksplice_create_missing_source(kernel: Kernel, tmp_path: Path) -> None:
+    """ksplice-create given a KERNEL_SOURCE that does not exist: a message, not a crash."""
+    r = kernel.ksplice("--git=HEAD", str(tmp_path / "nowhere"), via="script", cwd=tmp_path,
+                       expect=None)
+    assert r.returncode in (1, 2), r.stderr
+    assert "nowhere" in r.stderr, r.stderr
