@@ -40,7 +40,7 @@ _BUILD_PRODUCTS = ("*.o", "*.a", "*.ko", "*.mod", ".*.cmd", "*.d", "vmlinux", "S
 _SCRUBBED_PREFIXES = ("GIT_", "CCACHE_")
 _SCRUBBED = ("CONCURRENCY_LEVEL", "SOURCE_DATE_EPOCH", "MAKEFLAGS", "MFLAGS", "MAKELEVEL",
              "CC", "CFLAGS", "KCFLAGS", "LD", "ARCH", "CROSS_COMPILE", "V", "O", "KBUILD_OUTPUT",
-             "XDG_CONFIG_HOME", "PYTHONPATH", "EMAIL", "TMPDIR")
+             "XDG_CONFIG_HOME", "PYTHONPATH", "EMAIL")
 
 EPOCH = "1700000000"
 AUTHOR = ("Tiny Kernel Developer", "dev@example.org")
@@ -143,6 +143,8 @@ class UserState:
     status: str
     index: bytes
     files: tuple[tuple[str, str], ...]
+    refs: str  # branches, tags, stash...: everything outside refs/ksplice/
+    config: bytes  # the repository's own configuration file
 
     @classmethod
     def of(cls, worktree: Path) -> UserState:
@@ -150,13 +152,21 @@ class UserState:
             # --no-optional-locks: `git status` must not refresh the index it is checking.
             return run(["git", "--no-optional-locks", *args], cwd=worktree, check=False).stdout
 
-        index_path = Path(git("rev-parse", "--path-format=absolute", "--git-path",
-                              "index").strip())
-        index = index_path.read_bytes() if index_path.exists() else b""
+        def read(path: str) -> bytes:
+            p = Path(path.strip())
+            return p.read_bytes() if p.is_file() else b""
+
+        refs = "".join(line + "\n" for line in git(
+            "for-each-ref", "--format=%(refname) %(objectname)").splitlines()
+            if not line.startswith("refs/ksplice/"))
         return cls(head=git("rev-parse", "--verify", "-q", "HEAD").strip(),
                    branch=git("symbolic-ref", "-q", "HEAD").strip(),
                    status=git("status", "--porcelain=v1", "--ignored", "--untracked-files=all"),
-                   index=index, files=tuple(sorted(_file_hashes(worktree).items())))
+                   index=read(git("rev-parse", "--path-format=absolute", "--git-path", "index")),
+                   files=tuple(sorted(_file_hashes(worktree).items())),
+                   refs=refs,
+                   config=read(git("rev-parse", "--path-format=absolute", "--git-common-dir")
+                               .strip() + "/config"))
 
     def assert_same(self, after: UserState, what: str) -> None:
         diffs = []
@@ -168,8 +178,8 @@ class UserState:
                 da, db = dict(a), dict(b)
                 changed = sorted(k for k in set(da) | set(db) if da.get(k) != db.get(k))
                 diffs.append(f"files changed: {changed}")
-            elif f.name == "index":
-                diffs.append(f"index file changed ({len(a)} -> {len(b)} bytes)")
+            elif f.name in ("index", "config"):
+                diffs.append(f"{f.name} file changed ({len(a)} -> {len(b)} bytes)")
             else:
                 diffs.append(f"{f.name}: {a!r} -> {b!r}")
         assert not diffs, f"{what} changed the user's state:\n  " + "\n  ".join(diffs)

@@ -4,8 +4,11 @@ no traceback, and nothing changed (the user's state by Kernel.ksplice, refs/kspl
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +20,10 @@ from tests.workflow.conftest import (
     Kernel,
     changed_functions,
     diff_objects,
+    explain,
     manifest,
     read_update,
+    unchanged,
     with_path_first,
 )
 
@@ -98,6 +103,17 @@ def _two_modes(k: Kernel, tmp: Path) -> list[str]:
     return ["HEAD", f"--patch={p}"]
 
 
+def _output_is_a_file(k: Kernel, tmp: Path) -> list[str]:
+    k.commit("proc: say more", PROC_FIX)
+    (tmp / "updates").write_text("not a directory\n")
+    return ["-o", str(tmp / "updates")]
+
+
+def _diffext_same(k: Kernel, tmp: Path) -> list[str]:
+    shutil.copy2(k.path / "fs/proc.c", k.path / "fs/proc.c.new")
+    return ["--diffext=.new"]
+
+
 CASES = {
     "not-a-git-repository": Case(lambda k, t: [], 1, r"not a git repository", cwd=_not_a_repo),
     "unknown-commit": Case(lambda k, t: ["no-such-branch"], 1,
@@ -130,10 +146,22 @@ CASES = {
     "invalid-id": Case(lambda k, t: ["--id", "Fix/1"], 1, r"--id='Fix/1'"),
     "bad-concurrency-level": Case(lambda k, t: [], 1, r"CONCURRENCY_LEVEL='many'",
                                   env={"CONCURRENCY_LEVEL": "many"}),
+    "refused-init-code": Case(_commit("core: start at 2", {
+        "kernel/core.c": ("ticks = 1;", "ticks = 2;")}), 65,
+        r"core_init in \.init\.text: changed __init"),
+    "refused-data-initialiser": Case(_commit("proc: count from 3", {
+        "fs/proc.c": ("static unsigned long reads;", "static unsigned long reads = 3;")}),
+        65, r"reads in \.data\.reads: changed initialiser"),
+    "diffext-changes-nothing": Case(_diffext_same, 66, r"No changes detected\."),
+    "output-is-a-file": Case(_output_is_a_file, 1, r"\S*/updates"),
     "bad-source-date-epoch": Case(_commit("proc: say more", PROC_FIX), 1,
                                   r"SOURCE_DATE_EPOCH='yesterday'",
                                   env={"SOURCE_DATE_EPOCH": "yesterday"}),
 }
+
+
+def _listing(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -142,7 +170,7 @@ def test_bad_input(name: str, warm_kernel: Kernel, tmp_path: Path) -> None:
     k, case = warm_kernel, CASES[name]
     args = case.setup(k, tmp_path)
     refs = k.ksplice_refs()
-    updates = sorted(p.name for p in k.updates_dir.glob("*")) if k.updates_dir.exists() else []
+    updates = _listing(k.updates_dir)
     cwd = case.cwd(k, tmp_path) if case.cwd else None
     if "--id" not in args:
         args += ["--id", "bad"]
@@ -153,11 +181,10 @@ def test_bad_input(name: str, warm_kernel: Kernel, tmp_path: Path) -> None:
     else:
         assert re.search(r"(^|\n)error: ", r.stderr), r.stderr
         doc = json.loads(r.stdout)  # --json: one document on stdout whatever happens
-        assert doc["result"] == ("unchanged" if case.code == 66 else "error"), doc
+        assert doc["result"] == {66: "unchanged", 65: "refused"}.get(case.code, "error"), doc
         assert re.search(case.message, doc["message"]), doc
     assert k.ksplice_refs() == refs, "refs/ksplice/* changed"
-    assert sorted(p.name for p in k.updates_dir.glob("*")) == updates if updates else \
-        not list(k.updates_dir.glob("*"))
+    assert _listing(k.updates_dir) == updates, "a tarball was written"
     k.assert_tree_clean()
 
 
@@ -257,3 +284,103 @@ def test_ref_moved_during_a_patch_build(warm_kernel: Kernel, fake_make, tmp_path
     assert "moved" in r.stderr, r.stderr
     assert k.ksplice_refs() == {**refs, "refs/ksplice/pre": other}
     k.assert_no_tmp_refs()
+
+
+@pytest.mark.parametrize("update_id", ["", "Fix", "-x", "a" * 33, "a b", "../x", "é"])
+def test_invalid_update_id(update_id: str, warm_kernel: Kernel) -> None:
+    """An id that cannot name a ref and a file (also an empty one, as `--id "$ID"` with ID
+    unset gives) is refused before anything is built."""
+    k = warm_kernel
+    k.commit("proc: say more", PROC_FIX)
+    refs = k.ksplice_refs()
+    r = k.create(f"--id={update_id}", expect=1)
+    assert "--id=" in r.stderr and "update id" in r.stderr, r.stderr
+    assert "incremental build" not in r.stderr
+    assert k.ksplice_refs() == refs
+
+
+def test_repository_without_commits(tmp_path: Path, running_kernel: Path) -> None:
+    """git init, then git ksplice create at once: there is no source to call the running
+    kernel's yet."""
+    k = Kernel(tmp_path / "empty")
+    k.path.mkdir()
+    k.git("init", "-q")
+    shutil.copytree(running_kernel, k.path / "ksplice")
+    for args in (("--prebuild",), ()):
+        r = k.create(*args, expect=1)
+        assert "no commit yet" in r.stderr, r.stderr
+    assert k.ksplice_refs() == {}
+
+
+def test_skip_prebuild_without_a_prebuild(kernel: Kernel) -> None:
+    """--skip-prebuild when there is no pristine build to use."""
+    k = kernel
+    k.commit("proc: say more", PROC_FIX)
+    k.git("update-ref", "refs/ksplice/pre", "HEAD~1")
+    r = k.create("--skip-prebuild", "--id", "skip", expect=1)
+    assert "--skip-prebuild: there is no pristine build" in r.stderr, r.stderr
+    k.prebuild()
+    k.create("--skip-prebuild", "--id", "skip")
+
+
+@pytest.mark.parametrize("args", [["no-such-branch"], ["--patch=/nonexistent.patch"],
+                                  ["--diffext=.new"]],
+                         ids=["unknown-commit", "missing-patch", "diffext-without-files"])
+def test_bad_input_on_first_use(args: list[str], kernel: Kernel) -> None:
+    """The very first create of a repository has a typo in it: the error comes before the
+    (on a real kernel, long) pristine build, and refs/ksplice/pre is not pinned by a command
+    that failed."""
+    k = kernel
+    r = k.create(*args, "--id", "first", expect=1)
+    assert "pristine build" not in r.stderr, "built the kernel before checking the input"
+    assert k.ksplice_refs() == {}, "a failed first run left refs/ksplice/*"
+
+
+def test_pristine_cache_removed(warm_kernel: Kernel) -> None:
+    """Someone cleaned .git/ksplice/build/pristine to save space: the next create rebuilds
+    what it needs instead of failing for ever after."""
+    k = warm_kernel
+    shutil.rmtree(k.tree.parent / "pristine")
+    k.commit("proc: say more", PROC_FIX)
+    k.create("--id", "fix", expect=None)
+    k.create("--id", "fix2")
+    assert changed_functions(manifest(read_update(k.tarball("fix2")))) == {
+        "fs/proc.o": ["proc_show"]}
+    k.assert_tree_clean()
+
+
+def test_state_files_corrupted(warm_kernel: Kernel) -> None:
+    """The build state files were truncated (a full disk, an editor): rebuild, don't crash."""
+    k = warm_kernel
+    for name in ("state.json", "manifest.json"):
+        (k.tree.parent / name).write_text("{not json")
+    k.commit("proc: say more", PROC_FIX)
+    k.create("--id", "fix")
+    assert changed_functions(manifest(read_update(k.tarball("fix")))) == {
+        "fs/proc.o": ["proc_show"]}
+    k.assert_tree_clean()
+
+
+def test_interrupted_with_ctrl_c(warm_kernel: Kernel, fake_make, tmp_path: Path) -> None:
+    """The user presses Ctrl-C during the patched build (SIGINT to the whole foreground
+    process group): exit 130, the tree is put back, nothing is recorded."""
+    k = warm_kernel
+    k.commit("proc: say more", PROC_FIX)
+    patch = tmp_path / "fix.patch"
+    patch.write_text(k.diff())
+    done = tmp_path / "interrupted"
+    wrapper = fake_make("ctrl-c", f"if [ ! -e {done} ]; then touch {done}; kill -INT 0; "
+                                  "sleep 5; fi")
+    refs = k.ksplice_refs()
+    env = {**os.environ, **with_path_first(wrapper)}
+    with unchanged(k.path):
+        proc = subprocess.run([sys.executable, "-m", "git_ksplice", "create",
+                               f"--patch={patch}", "--id", "int"], cwd=k.path, env=env,
+                              capture_output=True, text=True, timeout=60,
+                              start_new_session=True)  # its own group, as a shell's job
+    assert done.exists()
+    assert proc.returncode == 130, explain(proc)
+    assert "interrupted" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert k.ksplice_refs() == refs
+    k.assert_tree_clean()
+    k.create("--id", "int")

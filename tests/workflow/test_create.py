@@ -165,15 +165,16 @@ def test_series_of_patches(warm_kernel: Kernel, tmp_path: Path) -> None:
     k.create(f"--patch={patches[0]}", "--series", "--id", "one")
     first = k.rev("refs/ksplice/pre")
     assert first != base and k.rev("refs/ksplice/updates/one") == first
-    assert k.git("log", "--format=%an <%ae>", "-1", first) == "git-ksplice <git-ksplice@localhost>\n"
+    author = k.git("log", "--format=%an <%ae>", "-1", first)
+    assert author == "git-ksplice <git-ksplice@localhost>\n"
     k.create(f"--patch={patches[1]}", "--series", "--id", "two")
     m = manifest(read_update(k.tarball("two")))
     assert m["pre"] == first and k.rev(m["post"] + "^") == first
     assert changed_functions(m) == {"kernel/sys.o": ["sys_uname"]}
     k.assert_no_tmp_refs()
-    # The second patch alone on the original source gives the same sys.o change.
+    # pre moved on: the first patch is in it already.
     r = k.create(f"--patch={patches[0]}", "--id", "again", expect=1)
-    assert "does not apply" in r.stderr, "pre moved: the first patch is already in it"
+    assert "does not apply" in r.stderr, r.stderr
 
 
 def test_series_prebuild_moves_pre_to_head(warm_kernel: Kernel) -> None:
@@ -247,11 +248,45 @@ def test_running_kernel_config_differs_from_committed(warm_kernel: Kernel,
     for name in (".config", "System.map"):
         shutil.copy2(running / name, k.path / "ksplice" / name)
     k.prebuild()
-    k.assert_tree_clean()
     k.commit("demo: one more", DEMO_FIX)
     k.create("--id", "demo")
     files = read_update(k.tarball("demo"))
     assert files["contents"] == b"target vmlinux\n"
     assert changed_functions(manifest(files)) == {"drivers/demo/demo_util.o": ["demo_value"]}
     assert _compiled(files["debug/build.log"].decode()) == ["drivers/demo/demo_util.o"]
+    k.assert_tree_clean()
+
+
+def test_uncommitted_work_stays_out(warm_kernel: Kernel) -> None:
+    """The developer has staged, unstaged and untracked work in progress besides the
+    committed fix: the update is the commit alone, and their work is untouched."""
+    k = warm_kernel
+    k.commit("proc: say more", PROC_FIX)
+    k.edit("kernel/sys.c", '"Tiny"', '"Tiny WIP"')
+    k.git("add", "kernel/sys.c")
+    k.edit("kernel/printk.c", "return 0;", "return 1;")
+    (k.path / "kernel/new.c").write_text("int wip;\n")
+    k.create("--id", "fix")  # Kernel.ksplice checks that the index and files are unchanged
+    files = read_update(k.tarball("fix"))
+    assert sorted(diff_objects(files)) == ["debug/diff/fs/proc.o"]
+    assert _compiled(files["debug/build.log"].decode()) == ["fs/proc.o"]
+
+
+def test_unrelated_fixes_in_a_row(warm_kernel: Kernel) -> None:
+    """Two fixes on two branches built one after the other: the second update does not
+    carry the first (the build tree was reverted), and each compiles one object."""
+    k = warm_kernel
+    k.git("switch", "-q", "-c", "proc-fix")
+    k.commit("proc: say more", PROC_FIX)
+    k.create("--id", "proc")
+    k.git("switch", "-q", "-c", "sys-fix", "main")
+    k.commit("uname: longer name", SYS_FIX)
+    k.create("--id", "sys")
+    files = read_update(k.tarball("sys"))
+    assert sorted(diff_objects(files)) == ["debug/diff/kernel/sys.o"]
+    assert _compiled(files["debug/build.log"].decode()) == ["kernel/sys.o"]
+    k.git("switch", "-q", "proc-fix")
+    k.create("--id", "proc2")
+    assert diff_objects(read_update(k.tarball("proc2"))) == diff_objects(
+        read_update(k.tarball("proc")))
     k.assert_tree_clean()

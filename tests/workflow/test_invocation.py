@@ -95,7 +95,8 @@ def test_job_count(env: dict[str, str], git_args: tuple[str, ...], args: tuple[s
     """The make job count comes from -j, else CONCURRENCY_LEVEL, else ksplice.jobs."""
     k = warm_kernel
     k.commit("proc: say more", PROC_FIX)
-    r = k.ksplice("create", "--id", "jobs", *args, env=env, git_args=git_args)
+    r = k.ksplice("create", "--id", "jobs", "--json", *args, env=env, git_args=git_args)
+    assert json.loads(r.stdout)["id"] == "jobs", "-v output must not spoil --json's stdout"
     command = k.log("jobs").read_text().splitlines()[0]
     assert re.match(rf"\$ make -j{jobs} ", command), command
     assert command.endswith(" V=1") == ("-vv" in args), command
@@ -139,3 +140,54 @@ def test_ksplice_create_missing_source(kernel: Kernel, tmp_path: Path) -> None:
                        expect=None)
     assert r.returncode in (1, 2), r.stderr
     assert "nowhere" in r.stderr, r.stderr
+
+
+def test_from_a_git_hook_environment(warm_kernel: Kernel, tmp_path: Path) -> None:
+    """A post-commit hook runs git ksplice create: GIT_DIR and GIT_INDEX_FILE are set (and
+    relative), and the user has hooks of their own, which are for their checkout only."""
+    k = warm_kernel
+    marks = tmp_path / "hooks.log"
+    for hook in ("post-checkout", "pre-commit", "post-commit", "pre-auto-gc"):
+        script = k.path / ".git/hooks" / hook
+        script.write_text(f"#!/bin/sh\necho \"{hook} $PWD\" >> {marks}\n")
+        script.chmod(0o755)
+    k.commit("proc: say more", PROC_FIX)
+    marks.unlink()
+    k.create("--id", "hook", env={"GIT_DIR": ".git", "GIT_INDEX_FILE": ".git/index"})
+    assert not marks.exists(), f"user hooks ran in git-ksplice's trees:\n{marks.read_text()}"
+    assert changed_functions(manifest(read_update(k.tarball("hook")))) == {
+        "fs/proc.o": ["proc_show"]}
+    k.assert_tree_clean()
+
+
+def test_configured_directories(kernel: Kernel, tmp_path: Path) -> None:
+    """ksplice.buildDir and ksplice.outputDir put the build tree and the tarballs elsewhere;
+    a relative ksplice.outputDir means the same place wherever create is run from."""
+    k = kernel
+    k.git("config", "ksplice.buildDir", str(tmp_path / "builds"))
+    k.git("config", "ksplice.outputDir", "../updates")
+    k.prebuild()
+    k.commit("proc: say more", PROC_FIX)
+    k.create("--id", "top")
+    assert (tmp_path / "updates/ksplice-top.tar.gz").exists()
+    assert (tmp_path / "builds/tree/Makefile").exists()
+    assert not k.tree.exists()
+    assert k.git("status", "--porcelain", "--untracked-files=no",
+                 cwd=tmp_path / "builds/tree") == ""
+    k.create("--id", "sub", cwd=k.path / "fs")
+    assert (tmp_path / "updates/ksplice-sub.tar.gz").exists()
+
+
+def test_orig_config_flags(warm_kernel: Kernel) -> None:
+    """The running kernel was built with extra kbuild arguments (ORIG_CONFIG/flags, as
+    Ksplice had them): the pristine and patched builds use them, before ksplice.makeArgs."""
+    k = warm_kernel
+    (k.path / "ksplice/flags").write_text("KCFLAGS=-DTINY_EXTRA=1\n")
+    k.git("config", "ksplice.makeArgs", "LD=ld")
+    k.commit("proc: say more", PROC_FIX)
+    k.create("--id", "flags")
+    command = k.log("flags").read_text().splitlines()[0]
+    assert re.fullmatch(r"\$ make -j\d+ 'KCFLAGS=-DTINY_EXTRA=1 -ffunction-sections "
+                        r"-fdata-sections' LD=ld", command), command
+    prebuild = (k.state_dir / "logs/prebuild.log").read_text()
+    assert "-DTINY_EXTRA=1" in prebuild.splitlines()[0], "the pristine tree was not rebuilt"

@@ -62,7 +62,8 @@ def test_tarball_layout(warm_kernel: Kernel) -> None:
     """What a packager finds inside ksplice-<ID>.tar.gz."""
     k = warm_kernel
     post = k.commit("uname: longer name\n\nSay Tiny Linux.", SYS_FIX)
-    k.create("--id", "layout", "--description", "uname: report the full name",
+    description = "uname: report the full name\n\nThe tiny kernel said “Tiny”."
+    k.create("--id", "layout", "--description", description,
              "--extra-match=kernel/%", "--exclude-match=kernel/printk.o")
     files = read_update(k.tarball("layout"))
     assert sorted(files) == [
@@ -71,7 +72,9 @@ def test_tarball_layout(warm_kernel: Kernel) -> None:
         "debug/objects/pre/kernel/sys.o", "description", "manifest.json", "patch",
         "timestamp", "utsname"]
     assert files["contents"] == b"target vmlinux\n"
-    assert files["description"] == b"uname: report the full name\n"
+    assert files["description"] == (description + "\n").encode()
+    assert k.git("log", "-1", "--format=%s", "refs/ksplice/series") == (
+        "ksplice layout: uname: report the full name\n")
     assert files["api-version"] == b"1\n"
     assert re.fullmatch(rb"\d+\n", files["timestamp"])
     assert b"Release: 0.1.0-tiny\n" in files["utsname"]
@@ -81,6 +84,7 @@ def test_tarball_layout(warm_kernel: Kernel) -> None:
     m = manifest(files)
     assert (m["id"], m["post"], m["mode"]) == ("layout", post, "commit")
     assert m["extra_objects"] == ["kernel/core.o"]
+    assert m["description"] == description
     assert m["kcflags"] == "-ffunction-sections -fdata-sections"
     with tarfile.open(k.tarball("layout")) as tar:
         for member in tar.getmembers():
