@@ -111,7 +111,8 @@ def main() -> int:
         "pristine tree warm; the floor is `make -j2 <those objects>` in a built copy after the "
         "same edit.",
         "",
-        "| fix | objects compiled | warm create | floor (make by hand) | target 1.5 x floor + 1 s |",
+        "| fix | objects compiled | warm create | floor (make by hand) "
+        "| target 1.5 x floor + 1 s |",
         "|---|---|---:|---:|---:|",
         *[f"| {n} | {o} | {c:.2f} s | {f:.2f} s | {t:.2f} s ({'met' if c <= t else 'missed'}) |"
           for n, o, c, f, t in rows],

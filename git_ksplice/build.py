@@ -17,12 +17,14 @@ else.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable
@@ -140,6 +142,7 @@ class BuildTree:
 
     def __init__(self, repo: Repo) -> None:
         self.repo = repo
+        self.orig: OrigConfig | None = None
         configured = repo.config("ksplice.buildDir", type="path")
         self.root = Path(configured).expanduser() if configured else repo.state_dir / "build"
         if not self.root.is_absolute():
@@ -167,53 +170,97 @@ class BuildTree:
 
     def ensure_pristine(self, pre: str, orig: OrigConfig, settings: BuildSettings, *,
                         log: Path, rebuild: bool = True, on_repair=None) -> bool:
-        """Bring the tree to a built `pre`. Returns True when make ran."""
+        """Bring the tree to a built `pre`, repairing whatever an earlier run or someone
+        else left. Returns True when make ran."""
+        self.orig = orig
+        say = on_repair or (lambda _msg: None)
         st = self.state()
-        registered = self.path in [p.resolve() for p in self.repo.worktree_paths()] \
-            if self.path.exists() else False
-        if self.path.exists() and not registered:
-            if on_repair:
-                on_repair(f"{self.path} is not a worktree of this repository any more: "
-                          "recreating it")
-            shutil.rmtree(self.path)
-        if not self.path.exists():
-            self.repo.git("worktree", "prune", isolated=True, check=False)
+        self._stop_orphaned_make(st, say)
+        if not self._worktree_ok():
+            if self.path.exists() or st:
+                say(f"the build tree {self.path} is missing or no longer a worktree of this "
+                    "repository: recreating it")
+            self.repo.remove_worktree(self.path)
             shutil.rmtree(self.cache, ignore_errors=True)
             self.manifest_file.unlink(missing_ok=True)
             self.repo.add_worktree(self.path, pre)
             st = {}
         elif st.get("phase") == "patched" or self.repo.worktree_head(self.path) != st.get("pre"):
-            if on_repair:
-                on_repair("the build tree was left mid-build by an interrupted run: "
-                          "restoring its pristine state")
+            say("the build tree was left mid-build by an interrupted run: restoring its "
+                "pristine state")
             self.revert(st.get("pre") or pre)
             st = self.state()
-        dirty = self.repo.worktree_dirty(self.path)
+        dirty = [f for f in self.repo.worktree_dirty(self.path) if f != ".config"]
         if dirty:
-            if on_repair:
-                on_repair(f"the build tree has modified files ({', '.join(dirty[:3])}"
-                          f"{'...' if len(dirty) > 3 else ''}): discarding them")
+            say(f"the build tree has modified files ({', '.join(dirty[:3])}"
+                f"{'...' if len(dirty) > 3 else ''}): discarding them")
             self.repo.checkout(self.path, st.get("pre") or pre)
+        self._install_config()
         wanted = {"pre": pre, "config": orig.fingerprint(),
                   "command": settings.command()[2:]}  # -jN does not change the result
         manifest = Manifest.load(self.manifest_file)
+        cache_ok = manifest is not None and self._cache_complete(manifest)
+        if manifest is not None and not cache_ok:
+            say("the pristine cache is incomplete: taking it again")
         current = {k: st.get(k) for k in wanted}
-        if current == wanted and manifest is not None and st.get("phase") == "pristine":
+        if current == wanted and cache_ok and st.get("phase") == "pristine":
             return False
-        if not rebuild and manifest is not None and st.get("pre") == pre \
-                and st.get("phase") == "pristine":
+        if not rebuild and cache_ok and st.get("pre") == pre and st.get("phase") == "pristine":
             return False
-        if st.get("pre") != pre:
+        if self.repo.worktree_head(self.path) != pre:
             self.repo.checkout(self.path, pre)
+            self._install_config()
         self._set_state(phase="building-pristine", **wanted)
         checkpoint("prebuild-started")
-        dst = self.path / ".config"
-        if not dst.exists() or dst.read_bytes() != orig.dot_config.read_bytes():
-            shutil.copy2(orig.dot_config, dst)
         self._make(settings, log)
         self._snapshot()
         self._set_state(phase="pristine", **wanted)
         return True
+
+    def _worktree_ok(self) -> bool:
+        if not (self.path / ".git").exists():
+            return False
+        registered = {p.resolve() for p in self.repo.worktree_paths()}
+        return self.path.resolve() in registered
+
+    def _install_config(self) -> None:
+        """The running kernel's .config, whatever the commit has: kernel trees do not track
+        it, but if one does, a checkout must not swap the configuration under the build.
+        Copied with its own mtime, so that make sees the same file as at the prebuild."""
+        src, dst = self.orig.dot_config, self.path / ".config"
+        try:
+            same = dst.read_bytes() == src.read_bytes() and \
+                dst.stat().st_mtime_ns == src.stat().st_mtime_ns
+        except FileNotFoundError:
+            same = False
+        if not same:
+            dst.unlink(missing_ok=True)
+            shutil.copy2(src, dst)
+
+    def _cache_complete(self, manifest: Manifest) -> bool:
+        return all(os.path.lexists(self.cache / rel) for rel in manifest.files)
+
+    def _stop_orphaned_make(self, st: dict, say) -> None:
+        """A run killed with -9 leaves its make running in the tree: stop it first."""
+        pgid = st.get("make_pgid")
+        if not pgid:
+            return
+        try:
+            cwd = os.readlink(f"/proc/{pgid}/cwd")
+        except OSError:
+            return
+        if Path(cwd).resolve() != self.path.resolve():
+            return
+        say(f"stopping the make (process group {pgid}) left running by an interrupted run")
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                return
+            for _ in range(50):
+                if not os.path.exists(f"/proc/{pgid}"):
+                    return
+                time.sleep(0.1)
 
     def _outputs(self) -> dict[str, tuple[int, int]]:
         """Every file in the tree that git does not track: the build products."""
@@ -259,6 +306,7 @@ class BuildTree:
         st = self.state()
         self._set_state(**{**st, "phase": "patched", "post": post})
         self.repo.checkout(self.path, post)
+        self._install_config()
         checkpoint("patched-checkout")
         compiled = self._make(settings, log)
         checkpoint("patched-built")
@@ -276,13 +324,19 @@ class BuildTree:
         return PatchedBuild(rebuilt, changed, compiled, log)
 
     def revert(self, pre: str) -> None:
-        """Back to the pristine state: `pre` checked out, every product as it was."""
+        """Back to the pristine state: `pre` checked out, every product as it was. A product
+        whose pristine copy is missing is deleted instead, and the tree marked stale so the
+        next run rebuilds it."""
         self.repo.checkout(self.path, pre)
+        if self.orig is not None:
+            self._install_config()
         manifest = Manifest.load(self.manifest_file)
         if manifest is None:
+            self._set_state(**{**self.state(), "phase": "stale", "pre": pre})
             return
         now = self._outputs()
         stamp = time.time_ns()
+        stale = False
         for rel, meta in now.items():
             want = manifest.files.get(rel)
             if want == meta:
@@ -291,21 +345,29 @@ class BuildTree:
             target.unlink(missing_ok=True)  # a symlink or a file written since, replaced whole
             if want is None:
                 continue
+            if not os.path.lexists(self.cache / rel):
+                del manifest.files[rel]
+                stale = True
+                continue
             shutil.copy2(self.cache / rel, target, follow_symlinks=False)
             # Newer than the sources just checked out again, so make will not rebuild it.
             os.utime(target, ns=(stamp, stamp), follow_symlinks=False)
             manifest.files[rel] = (want[0], stamp)
             shutil.copystat(target, self.cache / rel, follow_symlinks=False)
         for rel in set(manifest.files) - set(now):
-            if (self.cache / rel).exists() or (self.cache / rel).is_symlink():
+            if os.path.lexists(self.cache / rel):
                 (self.path / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(self.cache / rel, self.path / rel, follow_symlinks=False)
                 os.utime(self.path / rel, ns=(stamp, stamp), follow_symlinks=False)
                 manifest.files[rel] = (manifest.files[rel][0], stamp)
+            else:
+                del manifest.files[rel]
+                stale = True
         manifest.save(self.manifest_file)
         st = self.state()
         st.pop("post", None)
-        self._set_state(**{**st, "phase": "pristine", "pre": pre})
+        st.pop("make_pgid", None)
+        self._set_state(**{**st, "phase": "stale" if stale else "pristine", "pre": pre})
 
     def pristine_file(self, rel: str) -> Path:
         return self.cache / rel
@@ -323,21 +385,33 @@ class BuildTree:
         with open(log, "w", buffering=1) as logf:  # line-buffered: tail -f works
             logf.write("$ " + shlex.join(cmd) + "\n")
             logf.flush()
+            # Its own process group, recorded, so that a later run can stop a make this
+            # process leaves behind when it is killed.
             proc = subprocess.Popen(cmd, cwd=self.path, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, errors="replace",
-                                    env=env, start_new_session=False)
+                                    env=env, start_new_session=True)
+            self._set_state(**{**self.state(), "make_pgid": proc.pid})
             assert proc.stdout is not None
-            for line in proc.stdout:
-                logf.write(line)
-                line = line.rstrip("\n")
-                if _PROGRESS.match(line):
-                    compiled += 1
-                tail.append(line)
-                if len(tail) > 400:
-                    del tail[:200]
-                if settings.on_line:
-                    settings.on_line(line, compiled)
-            rc = proc.wait()
+            try:
+                for line in proc.stdout:
+                    logf.write(line)
+                    line = line.rstrip("\n")
+                    if _PROGRESS.match(line):
+                        compiled += 1
+                    tail.append(line)
+                    if len(tail) > 400:
+                        del tail[:200]
+                    if settings.on_line:
+                        settings.on_line(line, compiled)
+                rc = proc.wait()
+            except BaseException:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait()
+                raise
+            st = self.state()
+            st.pop("make_pgid", None)
+            self._set_state(**st)
         if rc != 0:
             errors = [line for line in tail if _ERROR_LINE.search(line)]
             shown = errors[-15:] or tail[-15:]

@@ -88,6 +88,12 @@ def _run_create(commit: str | None, source: str | None = None, **kw) -> None:
     git_commit = kw.pop("git_commit")
     if commit is not None and git_commit is not None:
         raise click.UsageError("give the commit either as COMMIT or as --git, not both")
+    given = [m for m, v in (("COMMIT/--git", commit or git_commit), ("--patch", kw["patch"]),
+                            ("--diffext", kw["diffext"]), ("--prebuild", kw["prebuild"]))
+             if v is not None and v is not False]
+    if len(given) > 1:
+        raise click.UsageError("give one change at a time: " + " and ".join(given)
+                               + " were given")
     opts = CreateOptions(
         commit=commit if commit is not None else git_commit,
         patch=kw["patch"], diffext=kw["diffext"], prebuild=kw["prebuild"],

@@ -67,6 +67,9 @@ class Repo:
     @classmethod
     def discover(cls, cwd: str | Path | None = None) -> Repo:
         cwd = Path(cwd or os.getcwd())
+        if not cwd.is_dir():
+            raise InputError(f"{cwd} is not a directory",
+                             hint="give the kernel source repository's directory")
         r = subprocess.run(["git", "rev-parse", "--absolute-git-dir", "--git-common-dir",
                             "--is-bare-repository", "--show-toplevel"],
                            cwd=cwd, capture_output=True, text=True)

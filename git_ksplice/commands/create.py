@@ -28,7 +28,7 @@ from typing import Any
 from git_ksplice import __version__, inputs, ui
 from git_ksplice.build import BuildSettings, BuildTree, OrigConfig, target_map
 from git_ksplice.elf.diff import DiffResult, Options, diff_objects
-from git_ksplice.elf.model import read_object
+from git_ksplice.elf.model import empty_object, read_object
 from git_ksplice.elf.writer import serialize
 from git_ksplice.errors import (
     EXIT_OK,
@@ -159,13 +159,17 @@ def _run(opts: CreateOptions) -> int:
         raise InputError("give one change at a time: " + " and ".join(modes) + " were given",
                          hint="use one of COMMIT, --git, --patch, --diffext or --prebuild")
     repo = Repo.discover(opts.source or opts.cwd)
-    update_id = opts.id or _new_id()
+    update_id = opts.id if opts.id is not None else _new_id()
     if not _ID.match(update_id):
         raise InputError(f"--id={update_id!r}: an update id is 1 to 32 characters of a-z, "
                          "0-9 and _, starting with a letter or digit")
     orig = _orig_config(repo, opts)
     jobs = _jobs(repo, opts)
     out_dir = _output_dir(repo, opts)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"output directory {out_dir} is a file",
+                         hint="give -o a directory (it is created if missing)")
+    timestamp()  # a bad SOURCE_DATE_EPOCH is reported now, not after the build
     phases = ui.Phases(verbose=opts.verbose, quiet=opts.as_json and not opts.verbose)
 
     def waiting(holder: str) -> None:
@@ -178,7 +182,15 @@ def _run(opts: CreateOptions) -> int:
             raise InputError(f"update id {update_id} already exists "
                              f"({REF_UPDATES}{update_id})",
                              hint="choose another --id, or leave it out for a random one")
-        pre = _pre(repo, opts, phases)
+        # Check the input before anything is built or recorded: a typo must not cost a
+        # kernel build, nor leave refs/ksplice/pre behind.
+        pre, pre_ref = _pre(repo, opts)
+        change = None if opts.prebuild else _change(repo, opts, pre)
+        if pre_ref != pre:
+            why = ("--series --prebuild at HEAD" if pre_ref else "start at HEAD")
+            repo.update_ref(REF_PRE, pre, pre_ref, f"ksplice create: {why} ({pre[:12]})")
+            phases.note(f"refs/ksplice/pre {'now' if pre_ref else 'created'} at HEAD "
+                        f"({pre[:12]}): the running kernel's source")
         checkpoint("pre-created")
         tree = BuildTree(repo)
         settings = BuildSettings(jobs, _make_args(repo, orig), opts.verbose,
@@ -198,7 +210,7 @@ def _run(opts: CreateOptions) -> int:
                 ui.print_json({"schema": 1, "result": "prebuilt", "pre": pre,
                                "tree": str(tree.path)})
             return EXIT_OK
-        change = _change(repo, opts, pre)
+        assert change is not None
         tmp_ref = None
         if change.temporary:
             tmp_ref = REF_TMP + update_id
@@ -218,11 +230,14 @@ def _run(opts: CreateOptions) -> int:
 def _output_dir(repo: Repo, opts: CreateOptions) -> Path:
     """-o DIR, else ksplice.outputDir, else the state directory: never, by default, the
     user's working tree (an untracked tarball there would change `git status`)."""
-    chosen = opts.output or repo.config("ksplice.outputDir", type="path")
-    if chosen is None:
+    if opts.output is not None:
+        p = Path(opts.output).expanduser()
+        return p if p.is_absolute() else Path(opts.cwd) / p
+    configured = repo.config("ksplice.outputDir", type="path")
+    if configured is None:
         return repo.state_dir / "updates"
-    p = Path(chosen).expanduser()
-    return p if p.is_absolute() else Path(opts.cwd) / p
+    p = Path(configured).expanduser()  # relative to the top of the tree, like ksplice.config
+    return p if p.is_absolute() else (repo.toplevel or repo.common_dir) / p
 
 
 def _forget_dead_runs(repo: Repo) -> None:
@@ -232,26 +247,18 @@ def _forget_dead_runs(repo: Repo) -> None:
         repo.delete_ref(name, oid, "ksplice create: forget an interrupted run")
 
 
-def _pre(repo: Repo, opts: CreateOptions, phases: ui.Phases) -> str:
+def _pre(repo: Repo, opts: CreateOptions) -> tuple[str, str | None]:
+    """(the running kernel's source, refs/ksplice/pre's current value). They differ when the
+    ref is to be created from HEAD (first use) or reset to HEAD (--series --prebuild)."""
     pre = repo.ref(REF_PRE)
+    if pre is not None and not (opts.series and opts.prebuild):
+        return pre, pre
     head = repo.resolve_commit("HEAD")
-    if opts.series and opts.prebuild:
-        if head is None:
-            raise InputError("HEAD has no commit to take as the running kernel's source")
-        if pre != head:
-            repo.update_ref(REF_PRE, head, pre, f"ksplice create: --series --prebuild at "
-                                                f"{head[:12]}")
-            phases.note(f"refs/ksplice/pre now at HEAD ({head[:12]})")
-        return head
-    if pre is None:
-        if head is None:
-            raise InputError("this repository has no commit yet",
-                             hint="commit the running kernel's source first")
-        repo.update_ref(REF_PRE, head, None, f"ksplice create: start at HEAD ({head[:12]})")
-        phases.note(f"refs/ksplice/pre created at HEAD ({head[:12]}): the running kernel's "
-                    "source")
-        return head
-    return pre
+    if head is None:
+        raise InputError("this repository has no commit yet: HEAD cannot be taken as the "
+                         "running kernel's source", hint="commit the running kernel's source "
+                                                        "first")
+    return head, pre
 
 
 def _change(repo: Repo, opts: CreateOptions, pre: str) -> inputs.Change:
@@ -295,10 +302,13 @@ def _build_and_package(repo: Repo, opts: CreateOptions, update_id: str, orig: Or
             if only and not any(fnmatch.fnmatchcase(target, p) for p in only):
                 continue
             pre_obj, post_obj = tree.pristine_file(rel), tree.path / rel
-            res = diff_objects(read_object(pre_obj), read_object(post_obj),
-                               Options(target=target))
+            if pre_obj.exists():
+                before = read_object(pre_obj)
+                update.add_file(f"debug/objects/pre/{rel}", pre_obj)
+            else:
+                before = empty_object(str(pre_obj))  # a new source file: all of it is new
+            res = diff_objects(before, read_object(post_obj), Options(target=target))
             results.append(_ObjectResult(rel, target, res))
-            update.add_file(f"debug/objects/pre/{rel}", pre_obj)
             update.add_file(f"debug/objects/post/{rel}", post_obj)
             if res.output is not None and not res.refusals:
                 update.add(f"debug/diff/{rel}", serialize(res.output.sections,

@@ -8,6 +8,7 @@ history, and `git push/fetch 'refs/ksplice/*'` shares it.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -86,19 +87,15 @@ def run(tarball: str | None, update_id: str | None, as_json: bool) -> int:
                        "functions": functions, "contents": contents.splitlines(),
                        "patch": patch})
         return EXIT_OK
-    out = ui.stdout_console
-    out.print(f"Update {uid}: {description.splitlines()[0] if description else ''}",
-              markup=False)
-    out.print(f"pre {manifest.get('pre', '?')}  post {manifest.get('post', '?')}",
-              markup=False)
-    for line in contents.splitlines():
-        out.print(f"  {line}", markup=False)
-    for f in functions:
-        out.print(f"  {f['status']:8} {f['target']}: {f['function']} ({f['object']})",
-                  markup=False)
+    # Plain writes, not rich: the patch must come out verbatim (tabs and all) to apply.
+    lines = [f"Update {uid}: {description.splitlines()[0] if description else ''}",
+             f"pre {manifest.get('pre', '?')}  post {manifest.get('post', '?')}"]
+    lines += [f"  {line}" for line in contents.splitlines()]
+    lines += [f"  {f['status']:8} {f['target']}: {f['function']} ({f['object']})"
+              for f in functions]
+    sys.stdout.write("\n".join(lines) + "\n")
     if patch:
-        out.print("")
-        out.print(patch.rstrip("\n"), markup=False, highlight=False)
+        sys.stdout.write("\n" + patch.rstrip("\n") + "\n")
     return EXIT_OK
 
 
@@ -118,7 +115,6 @@ def run_series(as_json: bool) -> int:
     if not rows:
         ui.console.print("No updates built yet.")
     for r in rows:
-        ui.stdout_console.print(
-            f"{r['id']}  {str(r['post'])[:12]}  {','.join(r['targets'])}  {r['description']}",
-            markup=False)
+        sys.stdout.write(f"{r['id']}  {str(r['post'])[:12]}  {','.join(r['targets'])}  "
+                         f"{r['description']}\n")
     return EXIT_OK

@@ -215,6 +215,11 @@ class ElfObject:
         return (s for s in self.symbols if s.type == STT_FUNC and s.defined)
 
 
+def empty_object(path: str) -> ElfObject:
+    """An object with nothing in it: the "before" of a source file a change adds."""
+    return ElfObject(path=path, sections=[], symbols=[Symbol("", 0, 0, STB_LOCAL, STT_NOTYPE)])
+
+
 _SYM = struct.Struct("<IBBHQQ")
 _RELA = struct.Struct("<QQq")
 

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -135,7 +136,7 @@ CASES = {
                                            r"Failed to find System\.map file in ORIG_CONFIG"),
     "orig-config-without-dot-config": Case(_remove("ksplice/.config"), 1,
                                            r"no \.config in ORIG_CONFIG"),
-    "commit-and-patch": Case(_two_modes, 1, r"one change at a time: COMMIT/--git \(HEAD\) "
+    "commit-and-patch": Case(_two_modes, 2, r"one change at a time: COMMIT/--git "
                                             r"and --patch"),
     "commit-and-git": Case(lambda k, t: ["HEAD", "--git=HEAD"], 2,
                            r"(?s)Usage:.*either as COMMIT or as --git"),
@@ -362,14 +363,17 @@ def test_state_files_corrupted(warm_kernel: Kernel) -> None:
 
 
 def test_interrupted_with_ctrl_c(warm_kernel: Kernel, fake_make, tmp_path: Path) -> None:
-    """The user presses Ctrl-C during the patched build (SIGINT to the whole foreground
-    process group): exit 130, the tree is put back, nothing is recorded."""
+    """The user presses Ctrl-C during the patched build (SIGINT to the foreground process
+    group, which git-ksplice is in; make runs in a group of its own so that a later run can
+    stop it if git-ksplice dies, and git-ksplice stops it on Ctrl-C): exit 130, the tree is
+    put back, nothing is recorded."""
     k = warm_kernel
     k.commit("proc: say more", PROC_FIX)
     patch = tmp_path / "fix.patch"
     patch.write_text(k.diff())
     done = tmp_path / "interrupted"
-    wrapper = fake_make("ctrl-c", f"if [ ! -e {done} ]; then touch {done}; kill -INT 0; "
+    wrapper = fake_make("ctrl-c", f"if [ ! -e {done} ]; then touch {done}; "
+                                  "kill -INT $PPID; "
                                   "sleep 5; fi")
     refs = k.ksplice_refs()
     env = {**os.environ, **with_path_first(wrapper)}
@@ -377,7 +381,9 @@ def test_interrupted_with_ctrl_c(warm_kernel: Kernel, fake_make, tmp_path: Path)
         proc = subprocess.run([sys.executable, "-m", "git_ksplice", "create",
                                f"--patch={patch}", "--id", "int"], cwd=k.path, env=env,
                               capture_output=True, text=True, timeout=60,
-                              start_new_session=True)  # its own group, as a shell's job
+                              start_new_session=True,  # its own group, as a shell's job
+                              # as from an interactive shell, whatever this runner ignores
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert done.exists()
     assert proc.returncode == 130, explain(proc)
     assert "interrupted" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
