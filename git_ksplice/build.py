@@ -432,6 +432,12 @@ def _same_file(a: Path, b: Path) -> bool:
                 return True
 
 
+def is_linux_tree(tree: Path) -> bool:
+    """A Linux kbuild tree (livepatch modules can be built against it)."""
+    return (tree / "scripts" / "Makefile.modpost").exists() and \
+        (tree / "include" / "linux" / "livepatch.h").exists()
+
+
 # -- targets -----------------------------------------------------------------------------
 
 

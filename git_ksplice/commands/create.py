@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from git_ksplice import __version__, inputs, ui
-from git_ksplice.build import BuildSettings, BuildTree, OrigConfig, target_map
+from git_ksplice.build import BuildSettings, BuildTree, OrigConfig, is_linux_tree, target_map
 from git_ksplice.elf.diff import DiffResult, Options, diff_objects
 from git_ksplice.elf.model import empty_object, read_object
 from git_ksplice.elf.writer import serialize
@@ -38,6 +38,13 @@ from git_ksplice.errors import (
     RefusedError,
 )
 from git_ksplice.faults import checkpoint
+from git_ksplice.livepatch.module import (
+    ModuleBuild,
+    PatchedObject,
+    build_module,
+    check_versions,
+)
+from git_ksplice.livepatch.symbols import running_vermagic
 from git_ksplice.package import API_VERSION, MANIFEST_FORMAT, Update, timestamp, write_tarball
 from git_ksplice.repo import REF_PRE, REF_SERIES, REF_TMP, REF_UPDATES, Repo
 
@@ -343,16 +350,33 @@ def _build_and_package(repo: Repo, opts: CreateOptions, update_id: str, orig: Or
                             hint=f"{len(build.rebuilt)} build products were rebuilt, "
                                  f"{len(build.changed_objects)} objects differ, and no "
                                  "function changed")
+    description = opts.description or change.summary
+    module = None
+    if is_linux_tree(tree.path):
+        phases.start("livepatch module")
+        module = _livepatch_module(repo, update_id, orig, tree, settings, changed, log,
+                                   description)
+        phases.done(f"{module.name}.ko: {len(module.funcs)} functions, "
+                    f"{module.klp_relocations} klp relocations")
     when = timestamp()
     manifest = _manifest(repo, update_id, opts, pre, change, changed, extra, when, tree)
+    if module is not None:
+        manifest["livepatch"] = {
+            "module": module.name, "vermagic": module.vermagic,
+            "functions": [{"target": f.target, "name": f.old_name, "sympos": f.sympos}
+                          for f in module.funcs],
+            "klp_relocations": module.klp_relocations}
     update.add("manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     update.add("patch", change.patch)
-    description = opts.description or change.summary
     update.add("description", description.rstrip("\n") + "\n")
     update.add("api-version", API_VERSION + "\n")
     update.add("timestamp", f"{when}\n")
     update.add("utsname", _utsname(tree, settings))
-    contents = [f"target {t}" for t in sorted({r.target for r in changed})]
+    contents = []
+    if module is not None:
+        update.add_file(f"{module.name}.ko", module.ko)
+        contents.append(f"livepatch {module.name} {module.name}.ko")
+    contents += [f"target {t}" for t in sorted({r.target for r in changed})]
     for target, data in sorted(modules.items()):
         update.add(f"modules/{target}.ko", data)
         contents.append(f"module {target} modules/{target}.ko")
@@ -364,6 +388,33 @@ def _build_and_package(repo: Repo, opts: CreateOptions, update_id: str, orig: Or
     checkpoint("recorded")
     _report(opts, update_id, tarball, pre, change, changed, manifest)
     return EXIT_OK
+
+
+def _livepatch_module(repo: Repo, update_id: str, orig: OrigConfig, tree: BuildTree,
+                      settings: BuildSettings, changed: list[_ObjectResult], log: Path,
+                      description: str) -> ModuleBuild:
+    """Build the update's livepatch module against the (reverted) pristine tree, then check
+    it against the running kernel: vermagic and the CRCs of the symbols it uses."""
+    objects = [PatchedObject(r.target, r.path, r.result, tree.pristine_file(r.path))
+               for r in changed]
+    module = build_module(update_id, objects, tree=tree.path, orig_dir=orig.path,
+                          work=repo.state_dir / "modules" / update_id,
+                          make_args=settings.make_args, jobs=settings.jobs, log=log,
+                          description=description)
+    running = running_vermagic(orig.path)
+    if running is not None and running != module.vermagic:
+        raise RefusedError(f"the module's vermagic {module.vermagic!r} differs from the "
+                           f"running kernel's {running!r}: the kernel would refuse it",
+                           hint="build from the running kernel's exact source and "
+                                "configuration (ORIG_CONFIG/.config, and LOCALVERSION= in "
+                                "ORIG_CONFIG/flags if its release has no '+')")
+    bad = check_versions(module.ko, orig.path / "Module.symvers")
+    if bad:
+        raise RefusedError("symbol versions (CRCs) the module needs disagree with the "
+                           "running kernel's Module.symvers: " + ", ".join(bad),
+                           hint="the change alters an exported symbol's type (a header "
+                                "change?); the kernel would refuse the module")
+    return module
 
 
 def _extra_objects(targets: dict[str, str], changed: list[str], opts: CreateOptions) -> list[str]:

@@ -46,12 +46,14 @@ SHF_STRINGS = 0x20
 SHF_INFO_LINK = 0x40
 SHF_LINK_ORDER = 0x80
 SHF_GROUP = 0x200
+SHF_RELA_LIVEPATCH = 0x00100000
 
 SHN_UNDEF = 0
 SHN_LORESERVE = 0xFF00
 SHN_ABS = 0xFFF1
 SHN_COMMON = 0xFFF2
 SHN_XINDEX = 0xFFFF
+SHN_LIVEPATCH = 0xFF20
 
 STB_LOCAL = 0
 STB_GLOBAL = 1
@@ -148,6 +150,8 @@ class Section:
     relocs: list[Reloc] = field(default_factory=list)
     #: Flags of the RELA section that carried the relocations (kept by the writer).
     rela_flags: int = SHF_INFO_LINK
+    #: Livepatch relocations by object name (`.klp.rela.<object>.<this section>`).
+    klp_relocs: dict[str, list[Reloc]] = field(default_factory=dict)
     #: Defined symbols of this section, sorted by value (section symbols excluded).
     symbols: list[Symbol] = field(default_factory=list)
     section_symbol: Symbol | None = None
@@ -354,9 +358,13 @@ def _parse(path: str, raw: bytes) -> ElfObject:
         if h["sh_link"] != si:
             raise ValueError(f"{names[i]} is linked to a symbol table we do not know")
         relocs = target.relocs
+        if h["sh_flags"] & SHF_RELA_LIVEPATCH and names[i].startswith(".klp.rela."):
+            objname = names[i][len(".klp.rela."):].split(".", 1)[0]
+            relocs = target.klp_relocs.setdefault(objname, [])
         for off, info, addend in _RELA.iter_unpack(content(h)):
             relocs.append(Reloc(off, info & 0xFFFFFFFF, symbols[info >> 32], addend))
-        target.rela_flags = h["sh_flags"]
+        if relocs is target.relocs:
+            target.rela_flags = h["sh_flags"]
         relocs.sort(key=lambda r: r.offset)
 
     for i, h in group_headers:

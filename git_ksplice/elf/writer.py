@@ -15,8 +15,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from git_ksplice.elf.model import (
+    SHF_ALLOC,
     SHF_GROUP,
     SHF_INFO_LINK,
+    SHF_RELA_LIVEPATCH,
     SHN_LORESERVE,
     SHN_XINDEX,
     SHT_GROUP,
@@ -78,6 +80,7 @@ def serialize(sections: Iterable[Section], symbols: Iterable[Symbol], *, e_flags
     # Section indices: each content section, then its relocation section right after it.
     sec_index: dict[int, int] = {}
     rela_of: dict[int, int] = {}
+    klp_of: dict[tuple[int, str], int] = {}
     n = 1
     for sec in sections:
         sec_index[id(sec)] = n
@@ -85,6 +88,10 @@ def serialize(sections: Iterable[Section], symbols: Iterable[Symbol], *, e_flags
         if sec.relocs:
             rela_of[id(sec)] = n
             n += 1
+        for objname in sorted(sec.klp_relocs):
+            if sec.klp_relocs[objname]:
+                klp_of[(id(sec), objname)] = n
+                n += 1
     symtab_i = n
     n_total = symtab_i + 3  # .symtab, .strtab, .shstrtab
     need_xindex = n_total >= SHN_LORESERVE
@@ -117,19 +124,21 @@ def serialize(sections: Iterable[Section], symbols: Iterable[Symbol], *, e_flags
                              data, size=sec.size if sec.type == SHT_NOBITS else len(data),
                              link=link, info=info, addralign=sec.addralign, entsize=sec.entsize)
         if id(sec) in rela_of:
-            buf = bytearray()
-            for r in sec.relocs:
-                try:
-                    si = sym_index[id(r.symbol)]
-                except KeyError:
-                    raise ValueError(f"relocation in {sec.name} refers to symbol "
-                                     f"{r.symbol.name!r} which is not written") from None
-                buf += _RELA.pack(r.offset, (si << 32) | r.type, r.addend)
             flags = sec.rela_flags | SHF_INFO_LINK
             if sec.flags & SHF_GROUP:
                 flags |= SHF_GROUP
-            headers[rela_of[id(sec)]] = _Header(".rela" + sec.name, SHT_RELA, flags, bytes(buf),
+            headers[rela_of[id(sec)]] = _Header(".rela" + sec.name, SHT_RELA, flags,
+                                                _relas(sec, sec.relocs, sym_index),
                                                 link=symtab_i, info=i, addralign=8, entsize=24)
+        for objname, relocs in sorted(sec.klp_relocs.items()):
+            if (id(sec), objname) in klp_of:
+                # Livepatch relocations: applied by livepatch when <objname> is loaded, not
+                # by the module loader (SHF_RELA_LIVEPATCH), kept in memory (SHF_ALLOC).
+                headers[klp_of[(id(sec), objname)]] = _Header(
+                    f".klp.rela.{objname}.{sec.name}", SHT_RELA,
+                    SHF_ALLOC | SHF_INFO_LINK | SHF_RELA_LIVEPATCH,
+                    _relas(sec, relocs, sym_index), link=symtab_i, info=i, addralign=8,
+                    entsize=24)
 
     # Symbol table.
     strtab = _StringTable()
@@ -191,6 +200,18 @@ def serialize(sections: Iterable[Section], symbols: Iterable[Symbol], *, e_flags
         SHN_XINDEX if shstrtab_i >= SHN_LORESERVE else shstrtab_i,
     )
     return bytes(out)
+
+
+def _relas(sec: Section, relocs: list, sym_index: dict[int, int]) -> bytes:
+    buf = bytearray()
+    for r in relocs:
+        try:
+            si = sym_index[id(r.symbol)]
+        except KeyError:
+            raise ValueError(f"relocation in {sec.name} refers to symbol {r.symbol.name!r} "
+                             "which is not written") from None
+        buf += _RELA.pack(r.offset, (si << 32) | r.type, r.addend)
+    return bytes(buf)
 
 
 def write_object(path: str | Path, sections: Iterable[Section], symbols: Iterable[Symbol], *,

@@ -1,0 +1,393 @@
+"""The livepatch module of an update: `ksplice_<ID>.ko`, built with kbuild, then finished.
+
+Phase 1, before the link: each diff object gets a global alias for every function it
+replaces (`__ksplice_new_<n>`, what the generated `klp_func` table points at), and every
+reference the module loader cannot resolve (a local of the running kernel, or a global it
+does not export) is pointed at a placeholder, a weak undefined symbol `__ksplice_klp_<n>`
+that stands for one `(object, name, sympos)`. A C file with one `klp_object` per target and
+one `klp_func` per replaced function is generated, and kbuild builds the module against the
+pristine tree: vermagic, `__versions` and modpost are the running kernel's.
+
+Phase 2, after the link (linkers keep neither `SHN_LIVEPATCH` symbols nor two relocation
+sections for one section): every relocation against a placeholder moves to
+`.klp.rela.<object>.<section>`, against a `.klp.sym.<object>.<name>,<sympos>` symbol with
+`st_shndx = SHN_LIVEPATCH`; the placeholders disappear. Then the module is checked the way
+the kernel's loader will check it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from git_ksplice.elf.diff import DiffResult
+from git_ksplice.elf.model import (
+    RELOC_SIZES,
+    SHN_UNDEF,
+    STB_GLOBAL,
+    STB_WEAK,
+    STT_FILE,
+    STT_FUNC,
+    STT_NOTYPE,
+    STT_OBJECT,
+    ElfObject,
+    Reloc,
+    Section,
+    Symbol,
+    read_object,
+)
+from git_ksplice.elf.writer import serialize, write_object
+from git_ksplice.errors import BuildError, RefusedError
+from git_ksplice.livepatch.symbols import (
+    ObjectSymbols,
+    module_symbols,
+    read_symvers,
+    vmlinux_symbols,
+)
+
+SHN_LIVEPATCH = 0xFF20
+SHF_RELA_LIVEPATCH = 0x00100000
+_PLACEHOLDER = "__ksplice_klp_"
+_ALIAS = "__ksplice_new_"
+_OBJNAME = re.compile(r"^[^.]{1,55}$")
+
+
+@dataclass
+class PatchedObject:
+    """One changed object of the update."""
+
+    target: str  # vmlinux or a module name
+    path: str  # the object, relative to the tree
+    result: DiffResult
+    pristine: Path  # its pristine build
+
+
+@dataclass
+class KlpFunc:
+    target: str
+    old_name: str
+    alias: str
+    sympos: int
+
+
+@dataclass
+class ModuleBuild:
+    name: str
+    ko: Path
+    funcs: list[KlpFunc] = field(default_factory=list)
+    klp_relocations: int = 0
+    vermagic: str = ""
+
+
+class _Resolver:
+    """Where each external reference of the new code goes: a normal relocation the module
+    loader resolves (exported symbols, symbols the update itself defines), or a klp
+    relocation to (object, name, sympos)."""
+
+    def __init__(self, tree: Path, orig_dir: Path, objects: list[PatchedObject]) -> None:
+        self.tree = tree
+        self.orig_dir = orig_dir
+        self.exports = read_symvers(tree / "Module.symvers")
+        self._tables: dict[str, ObjectSymbols] = {}
+        self.defined_here: set[str] = set()
+        for po in objects:
+            out = po.result.output
+            if out is None:
+                continue
+            for s in out.symbols:
+                if s.section is not None and not s.is_local and s.type != STT_FILE:
+                    self.defined_here.add(s.name)
+
+    def table(self, objname: str) -> ObjectSymbols:
+        t = self._tables.get(objname)
+        if t is None:
+            if objname == "vmlinux":
+                t = vmlinux_symbols(self.orig_dir, self.tree)
+            else:
+                ko = _module_ko(self.tree, objname)
+                if ko is None:
+                    raise RefusedError(f"module {objname} is not in the pristine build")
+                t = module_symbols(objname, ko)
+            self._tables[objname] = t
+        return t
+
+    def klp_target(self, sym: Symbol, target: str, file: str | None,
+                   neighbours: set[str]) -> tuple[str, str, int] | None:
+        """(object, name, sympos) for a klp relocation, or None for a normal one."""
+        if sym.is_local:
+            return target, sym.name, self.table(target).sympos(
+                sym.name, local=True, file=file, neighbours=neighbours)
+        if sym.name in self.defined_here:
+            return None
+        export = self.exports.get(sym.name)
+        if export is not None:
+            owner = export[1]
+            if owner == "vmlinux":
+                return None
+            owner = Path(owner).name.replace("-", "_")
+            return owner, sym.name, self.table(owner).sympos(
+                sym.name, local=False, file=None, neighbours=set())
+        table = self.table(target)
+        if not table.exists(sym.name):
+            if sym.bind == STB_WEAK:
+                return None  # weak and undefined in the running kernel too: stays 0
+            if target != "vmlinux" and self.table("vmlinux").exists(sym.name):
+                table = self.table("vmlinux")
+                target = "vmlinux"
+            else:
+                raise RefusedError(f"{sym.name} is neither exported nor defined in {target} "
+                                   "of the running kernel")
+        return target, sym.name, table.sympos(sym.name, local=False, file=None,
+                                              neighbours=set())
+
+
+def _module_ko(tree: Path, name: str) -> Path | None:
+    order = tree / "modules.order"
+    if not order.exists():
+        return None
+    for ko in order.read_text().split():
+        if Path(ko).stem.replace("-", "_") == name:
+            p = tree / (ko if ko.endswith(".ko") else ko[:-2] + ".ko")
+            return p if p.exists() else None
+    return None
+
+
+def _local_names(obj: ElfObject) -> set[str]:
+    return {s.name for s in obj.symbols if s.is_local and s.defined
+            and s.type in (STT_FUNC, STT_OBJECT)}
+
+
+def build_module(update_id: str, objects: list[PatchedObject], *, tree: Path, orig_dir: Path,
+                 work: Path, make_args: list[str], jobs: int, log: Path,
+                 description: str) -> ModuleBuild:
+    name = f"ksplice_{update_id}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    resolver = _Resolver(tree, orig_dir, objects)
+    placeholders: dict[tuple[str, str, int], Symbol] = {}
+    types: dict[tuple[str, str, int], int] = {}
+    funcs: list[KlpFunc] = []
+    shipped = []
+    for n, po in enumerate(objects):
+        out = po.result.output
+        assert out is not None
+        pristine = read_object(po.pristine) if po.pristine.exists() else None
+        neighbours = _local_names(pristine) if pristine is not None else set()
+        file = next((s.name for s in out.symbols if s.type == STT_FILE), None)
+        replaced = {f.original for f in po.result.changed}
+        symbols = list(out.symbols)
+        for s in out.symbols:
+            if s.section is not None and s.type == STT_FUNC and s.is_local \
+                    and s.name in replaced:
+                alias = f"{_ALIAS}{len(funcs)}"
+                symbols.append(Symbol(alias, s.value, s.size, STB_GLOBAL, STT_FUNC,
+                                      section=s.section))
+                sympos = resolver.table(po.target).sympos(s.name, local=pristine is None or
+                                                          s.name in neighbours, file=file,
+                                                          neighbours=neighbours)
+                funcs.append(KlpFunc(po.target, s.name, alias, sympos))
+        for sec in out.sections:
+            for i, r in enumerate(sec.relocs):
+                if r.symbol.section is not None or r.symbol.type == STT_FILE:
+                    continue
+                where = resolver.klp_target(r.symbol, po.target, file, neighbours)
+                if where is None:
+                    continue
+                ph = placeholders.get(where)
+                if ph is None:
+                    ph = Symbol(f"{_PLACEHOLDER}{len(placeholders)}", 0, 0, STB_WEAK,
+                                STT_NOTYPE, special_shndx=SHN_UNDEF)
+                    placeholders[where] = ph
+                    types[where] = r.symbol.type
+                sec.relocs[i] = Reloc(r.offset, r.type, ph, r.addend)
+        used = {id(r.symbol) for sec in out.sections for r in sec.relocs}
+        symbols = [s for s in symbols if s.section is not None or s.type == STT_FILE
+                   or id(s) in used]
+        symbols += [p for p in placeholders.values() if id(p) in used]
+        obj = work / f"d{n}.o_shipped"
+        obj.write_bytes(serialize(out.sections, symbols))
+        (work / f".d{n}.o.cmd").write_text("")
+        shipped.append(f"d{n}.o")
+    if not funcs and not any(po.result.new for po in objects):
+        raise RefusedError("the update replaces no traceable function")
+    (work / "ksplice_patch.c").write_text(_patch_source(name, funcs, description))
+    (work / "Kbuild").write_text(f"obj-m := {name}.o\n{name}-y := ksplice_patch.o "
+                                 + " ".join(shipped) + "\n")
+    _kbuild(tree, work, make_args, jobs, log)
+    ko = work / f"{name}.ko"
+    where_of = {p.name: w for w, p in placeholders.items()}
+    count = _finish(ko, where_of, types)
+    build = ModuleBuild(name, ko, funcs, count)
+    build.vermagic = _modinfo(ko).get("vermagic", "")
+    check_module(ko)
+    return build
+
+
+def _patch_source(name: str, funcs: list[KlpFunc], description: str) -> str:
+    targets: dict[str, list[KlpFunc]] = {}
+    for f in funcs:
+        targets.setdefault(f.target, []).append(f)
+    lines = [
+        f"/* Generated by git-ksplice: the livepatch of update {name}. */",
+        "#include <linux/module.h>",
+        "#include <linux/kernel.h>",
+        "#include <linux/livepatch.h>",
+        "",
+    ]
+    for f in funcs:
+        lines.append(f"extern char {f.alias}[];")
+    lines.append("")
+    for i, fs in enumerate(targets.values()):
+        lines.append(f"static struct klp_func ksplice_funcs_{i}[] = {{")
+        for f in fs:
+            lines.append(f'\t{{ .old_name = "{f.old_name}", .new_func = {f.alias}, '
+                         f".old_sympos = {f.sympos} }},")
+        lines += ["\t{ }", "};", ""]
+    lines.append("static struct klp_object ksplice_objs[] = {")
+    for i, target in enumerate(targets):
+        objname = "NULL" if target == "vmlinux" else f'"{target}"'
+        lines.append(f"\t{{ .name = {objname}, .funcs = ksplice_funcs_{i} }},")
+    lines += ["\t{ }", "};", ""]
+    desc = description.splitlines()[0].replace("\\", "\\\\").replace('"', '\\"') \
+        if description.strip() else name
+    lines += [
+        "static struct klp_patch ksplice_patch = {",
+        "\t.mod = THIS_MODULE,",
+        "\t.objs = ksplice_objs,",
+        "\t.replace = false,  /* updates stack, as with --series */",
+        "};",
+        "",
+        "static int __init ksplice_init(void)",
+        "{",
+        "\treturn klp_enable_patch(&ksplice_patch);",
+        "}",
+        "",
+        "static void __exit ksplice_exit(void)",
+        "{",
+        "}",
+        "",
+        "module_init(ksplice_init);",
+        "module_exit(ksplice_exit);",
+        'MODULE_LICENSE("GPL");',
+        'MODULE_INFO(livepatch, "Y");',
+        f'MODULE_DESCRIPTION("{desc}");',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _kbuild(tree: Path, work: Path, make_args: list[str], jobs: int, log: Path) -> None:
+    cmd = ["make", f"-j{jobs}", "-C", str(tree), f"M={work}", *make_args, "modules"]
+    env = dict(os.environ)
+    for k in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "KCFLAGS"):
+        env.pop(k, None)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    with open(log, "a") as f:
+        f.write("$ " + " ".join(cmd) + "\n" + r.stdout + r.stderr)
+    if r.returncode != 0:
+        errors = [line for line in (r.stdout + r.stderr).splitlines()
+                  if "error" in line.lower() or "undefined" in line]
+        raise BuildError("building the livepatch module failed:\n  "
+                         + "\n  ".join(errors[-15:]), hint=f"full log: {log}")
+
+
+def _finish(ko: Path, where_of: dict[str, tuple[str, str, int]], types: dict) -> int:
+    """Phase 2: placeholders become .klp.rela/.klp.sym."""
+    obj = read_object(ko)
+    klp_syms: dict[tuple[str, str, int], Symbol] = {}
+    count = 0
+    for sec in obj.sections:
+        keep = []
+        for r in sec.relocs:
+            where = where_of.get(r.symbol.name) if r.symbol.section is None else None
+            if where is None:
+                keep.append(r)
+                continue
+            objname, name, pos = where
+            ks = klp_syms.get(where)
+            if ks is None:
+                ks = Symbol(f".klp.sym.{objname}.{name},{pos}", 0, 0, STB_GLOBAL,
+                            types.get(where, STT_NOTYPE), special_shndx=SHN_LIVEPATCH)
+                klp_syms[where] = ks
+            sec.klp_relocs.setdefault(objname, []).append(Reloc(r.offset, r.type, ks,
+                                                                r.addend))
+            count += 1
+        sec.relocs = keep
+    symbols = [s for s in obj.symbols[1:] if s.name not in where_of]
+    symbols += list(klp_syms.values())
+    write_object(ko, obj.sections, symbols, e_flags=obj.e_flags, osabi=obj.e_ident_osabi)
+    return count
+
+
+def _modinfo(ko: Path) -> dict[str, str]:
+    obj = read_object(ko)
+    sec = obj.section(".modinfo")
+    out = {}
+    if sec is not None:
+        for item in sec.data.split(b"\0"):
+            k, sep, v = item.decode(errors="replace").partition("=")
+            if sep:
+                out[k] = v
+    return out
+
+
+def check_module(ko: Path) -> None:
+    """What the kernel's module loader and livepatch will check, checked first."""
+    obj = read_object(ko)
+    problems = []
+    for sec in obj.sections:
+        for objname, relocs in sec.klp_relocs.items():
+            if not _OBJNAME.match(objname):
+                problems.append(f".klp.rela.{objname}.{sec.name}: object name too long or "
+                                "with a dot")
+            for r in relocs:
+                s = r.symbol
+                if s.special_shndx != SHN_LIVEPATCH or s.section is not None:
+                    problems.append(f"{s.name} in .klp.rela.{objname}.{sec.name} is not a "
+                                    "livepatch symbol")
+                m = re.match(r"^\.klp\.sym\.([^.]{1,55})\.([^,]{1,511}),(\d+)$", s.name)
+                if m is None:
+                    problems.append(f"{s.name}: not a .klp.sym.<obj>.<name>,<pos> name")
+                elif objname != "vmlinux" and m.group(1) == "vmlinux":
+                    problems.append(f"{s.name} used from module-specific "
+                                    f".klp.rela.{objname}.{sec.name}")
+                if r.offset + RELOC_SIZES.get(r.type, 8) > sec.size:
+                    problems.append(f"relocation at {sec.name}+{r.offset:#x} is outside the "
+                                    "section")
+        for r in sec.relocs:
+            if r.symbol.name.startswith(_PLACEHOLDER):
+                problems.append(f"placeholder {r.symbol.name} left in {sec.name}")
+            if r.offset + RELOC_SIZES.get(r.type, 8) > sec.size:
+                problems.append(f"relocation at {sec.name}+{r.offset:#x} is outside the "
+                                "section")
+    if problems:
+        raise RefusedError("the livepatch module would be rejected by the kernel:\n  "
+                           + "\n  ".join(problems[:20]))
+
+
+def check_versions(ko: Path, orig_symvers: Path) -> list[str]:
+    """Symbols whose CRC in the module disagrees with the running kernel's Module.symvers."""
+    running = read_symvers(orig_symvers)
+    if not running:
+        return []
+    obj = read_object(ko)
+    sec = obj.section("__versions")
+    bad = []
+    if sec is None:
+        return bad
+    entry = 64  # struct modversion_info: unsigned long crc; char name[56]
+    for off in range(0, len(sec.data), entry):
+        crc = int.from_bytes(sec.data[off:off + 8], "little")
+        name = sec.data[off + 8:off + entry].split(b"\0")[0].decode()
+        want = running.get(name)
+        if want is not None and want[0] != crc:
+            bad.append(f"{name} (module {crc:#010x}, running kernel {want[0]:#010x})")
+    return bad
+
+
+__all__ = ["ModuleBuild", "PatchedObject", "Section", "build_module", "check_module",
+           "check_versions"]

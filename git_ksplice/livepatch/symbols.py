@@ -1,0 +1,204 @@
+"""The running kernel's symbols, as livepatch will look them up.
+
+At load time the kernel resolves each `.klp.sym.<obj>.<name>,<sympos>` by walking kallsyms:
+for vmlinux in address order, for a module in its symbol table's order, counting the
+symbols named `<name>`; sympos 0 means "the only one", N the N-th. To compute sympos we need
+the same list, and to know which of several same-named symbols is ours:
+- from ORIG_CONFIG's `vmlinux` when it is there (unstripped: it keeps the FILE symbols that
+  say which source file each local came from);
+- otherwise from ORIG_CONFIG's `System.map` (the list, in kallsyms order) plus the pristine
+  build's `vmlinux` (the FILE blocks, to find ours and its rank among its namesakes);
+- for a module, from its `.ko` in the pristine build.
+A name that cannot be placed unambiguously is an error that names the symbol.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from git_ksplice.errors import InputError, RefusedError
+
+_SYM = struct.Struct("<IBBHQQ")
+_SHDR = struct.Struct("<IIQQQQIIQQ")
+
+STT_FUNC, STT_OBJECT, STT_SECTION, STT_FILE = 2, 1, 3, 4
+
+
+@dataclass(frozen=True)
+class KSym:
+    name: str
+    value: int
+    local: bool
+    type: int
+    file: str | None
+    #: The FILE block a local belongs to (-1 for globals): locals of one object file.
+    block: int
+    index: int
+
+
+def read_symbols(path: Path) -> list[KSym]:
+    """The symbol table of any ELF64 file (vmlinux, a .ko), quickly."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
+    if raw[:4] != b"\x7fELF" or raw[4] != 2:
+        raise InputError(f"{path} is not a 64-bit ELF file")
+    shoff = int.from_bytes(raw[40:48], "little")
+    shnum = int.from_bytes(raw[60:62], "little")
+    if shnum == 0 and shoff:
+        shnum = _SHDR.unpack_from(raw, shoff)[5]
+    headers = [_SHDR.unpack_from(raw, shoff + i * _SHDR.size) for i in range(shnum)]
+    symtab = next((h for h in headers if h[1] == 2), None)
+    if symtab is None:
+        raise InputError(f"{path} has no symbol table (stripped?)")
+    strtab = headers[symtab[6]]
+    strings = raw[strtab[4]:strtab[4] + strtab[5]]
+    out = []
+    current_file = None
+    block = -1
+    data = raw[symtab[4]:symtab[4] + symtab[5]]
+    for i, (st_name, info, _other, shndx, value, _size) in enumerate(_SYM.iter_unpack(data)):
+        end = strings.find(b"\0", st_name)
+        name = strings[st_name:end].decode("utf-8", "surrogateescape")
+        typ, bind = info & 0xF, info >> 4
+        if typ == STT_FILE:
+            current_file = name
+            block += 1
+            continue
+        if i == 0 or typ == STT_SECTION or shndx == 0 or not name:
+            continue
+        local = bind == 0
+        out.append(KSym(name, value, local, typ, current_file if local else None,
+                        block if local else -1, i))
+    return out
+
+
+def read_system_map(path: Path) -> list[tuple[int, str]]:
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) >= 3:
+            try:
+                out.append((int(parts[0], 16), parts[2]))
+            except ValueError:
+                continue
+    return out
+
+
+def read_symvers(path: Path) -> dict[str, tuple[int, str]]:
+    """Module.symvers: symbol -> (crc, exporting object)."""
+    out: dict[str, tuple[int, str]] = {}
+    if not path.exists():
+        return out
+    for line in path.read_text(errors="replace").splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 3:
+            try:
+                out[parts[1]] = (int(parts[0], 16), parts[2])
+            except ValueError:
+                continue
+    return out
+
+
+class ObjectSymbols:
+    """One target's symbols (vmlinux or a module) and the sympos of each."""
+
+    def __init__(self, name: str, located: list[KSym], order: list[tuple[int, str]] | None,
+                 by_address: bool) -> None:
+        self.name = name
+        self.located = located  # symbols with their FILE blocks
+        self.by_address = by_address
+        # kallsyms order of the running kernel: (key, name) where key sorts like kallsyms
+        self.order = order
+        self._by_name: dict[str, list[KSym]] = defaultdict(list)
+        for s in located:
+            self._by_name[s.name].append(s)
+        self._blocks: dict[int, set[str]] = defaultdict(set)
+        for s in located:
+            if s.block >= 0:
+                self._blocks[s.block].add(s.name)
+
+    def exists(self, name: str) -> bool:
+        return name in self._by_name
+
+    def sympos(self, name: str, *, local: bool, file: str | None,
+               neighbours: set[str]) -> int:
+        """Position of our `name` among its namesakes, as klp_find_object_symbol counts."""
+        cands = self._by_name.get(name, [])
+        if not cands:
+            raise RefusedError(f"symbol {name} is not in {self.name} of the running kernel",
+                               hint="was ORIG_CONFIG taken from the kernel this source built?")
+        ours = self._ours(cands, local=local, file=file, neighbours=neighbours)
+        key = (lambda s: (s.value, s.index)) if self.by_address else (lambda s: s.index)
+        ranked = sorted(cands, key=key)
+        if self.order is None:
+            return 0 if len(ranked) == 1 else ranked.index(ours) + 1
+        # The located symbols come from another build than the running kernel's list: the
+        # rank carries over only if both have the same number of namesakes.
+        running = [a for a, n in self.order if n == name]
+        if len(running) != len(ranked):
+            raise RefusedError(
+                f"cannot place {name} unambiguously: the running kernel's System.map has "
+                f"{len(running)} symbols of that name, the pristine build {len(ranked)}",
+                hint="put the running kernel's unstripped vmlinux in ORIG_CONFIG")
+        return 0 if len(running) == 1 else ranked.index(ours) + 1
+
+    def _ours(self, cands: list[KSym], *, local: bool, file: str | None,
+              neighbours: set[str]) -> KSym:
+        if not local:
+            globals_ = [c for c in cands if not c.local]
+            if len(globals_) == 1:
+                return globals_[0]
+        pool = [c for c in cands if c.local == local] or cands
+        if len(pool) == 1:
+            return pool[0]
+        named = [c for c in pool if c.file == file] if file else []
+        if len(named) == 1:
+            return named[0]
+        if named:
+            # Several FILE blocks of the same name (many core.c): the one whose locals are
+            # most like the object's own.
+            scored = sorted(named, key=lambda c: -len(self._blocks[c.block] & neighbours))
+            if len(self._blocks[scored[0].block] & neighbours) > len(
+                    self._blocks[scored[1].block] & neighbours):
+                return scored[0]
+        raise RefusedError(f"cannot tell which of {len(pool)} symbols named {cands[0].name} "
+                           f"in {self.name} is the one from {file or 'this object'}",
+                           hint="put the running kernel's unstripped vmlinux in ORIG_CONFIG")
+
+
+def vmlinux_symbols(orig_dir: Path, pristine_tree: Path) -> ObjectSymbols:
+    vmlinux = orig_dir / "vmlinux"
+    if vmlinux.exists():
+        return ObjectSymbols("vmlinux", read_symbols(vmlinux), None, by_address=True)
+    system_map = read_system_map(orig_dir / "System.map")
+    return ObjectSymbols("vmlinux", read_symbols(pristine_tree / "vmlinux"), system_map,
+                         by_address=True)
+
+
+def module_symbols(name: str, ko: Path) -> ObjectSymbols:
+    return ObjectSymbols(name, read_symbols(ko), None, by_address=False)
+
+
+def running_vermagic(orig_dir: Path) -> str | None:
+    """The running kernel's vermagic, read from ORIG_CONFIG's vmlinux (the `vermagic`
+    string the module loader compares against); None when there is no vmlinux."""
+    vmlinux = orig_dir / "vmlinux"
+    if not vmlinux.exists():
+        return None
+    raw = vmlinux.read_bytes()
+    shoff = int.from_bytes(raw[40:48], "little")
+    shnum = int.from_bytes(raw[60:62], "little")
+    headers = [_SHDR.unpack_from(raw, shoff + i * _SHDR.size) for i in range(shnum)]
+    for sym in read_symbols(vmlinux):
+        if sym.name == "vermagic" and sym.local:
+            for h in headers:
+                addr, off, size = h[3], h[4], h[5]
+                if h[1] != 8 and addr <= sym.value < addr + size:
+                    start = off + sym.value - addr
+                    return raw[start:raw.index(b"\0", start)].decode(errors="replace")
+    return None
