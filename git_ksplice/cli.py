@@ -133,6 +133,29 @@ def view_cmd(tarball: str | None, update_id: str | None, as_json: bool) -> None:
     sys.exit(run(tarball, update_id, as_json))
 
 
+@cli.command("try")
+@click.argument("tarball", type=click.Path(dir_okay=False))
+@click.option("--kernel", required=True, metavar="BZIMAGE", type=click.Path(dir_okay=False),
+              help="The running kernel's image (the kernel the update is for).")
+@click.option("--check", metavar="SCRIPT", type=click.Path(dir_okay=False),
+              help="Shell script run in the guest: must fail before the update, pass with "
+                   "it, fail again once it is removed.")
+@click.option("--modules", "modules", multiple=True, metavar="KO",
+              type=click.Path(dir_okay=False), help="Modules to load first (repeatable).")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds for the boot.")
+@click.option("--keep", metavar="DIR", help="Keep the initramfs and console log in DIR.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def try_cmd(tarball: str, kernel: str, check: str | None, modules: tuple[str, ...],
+            timeout: float, keep: str | None, as_json: bool) -> None:
+    """Boot KERNEL under qemu and prove the update: load, check, undo.
+
+    Exit status: 0 every step did what it should, 1 otherwise.
+    """
+    from git_ksplice.commands.try_update import run
+
+    sys.exit(run(tarball, kernel, check, modules, timeout, as_json, keep))
+
+
 @cli.command("series")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 def series_cmd(as_json: bool) -> None:

@@ -1,0 +1,130 @@
+"""`git ksplice try TARBALL --kernel BZIMAGE`: prove an update on the kernel it is for.
+
+Boots the running kernel's image under qemu and, inside it: loads the given modules, runs
+the check (it must fail: the bug is there), loads the update and waits for the livepatch
+transition to finish, runs the check (it must pass), disables and removes the update, and
+runs the check again (it must fail: the update is undone cleanly). Each step is reported.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from git_ksplice import qemu, ui
+from git_ksplice.errors import EXIT_ERROR, EXIT_OK, InputError
+from git_ksplice.package import read_tarball
+
+_INIT = r"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+step() { echo "@@ksplice $1 rc=$2@@"; }
+check() {
+    [ -f /ksplice/check.sh ] || return 0
+    sh /ksplice/check.sh > /tmp/check.out 2>&1; rc=$?
+    sed 's/^/  check: /' /tmp/check.out
+    step "$1" $rc
+}
+wait_transition() {
+    i=0
+    while [ $i -lt 600 ]; do
+        [ -e "$1/transition" ] || return 1
+        [ "$(cat $1/transition)" = 0 ] && return 0
+        sleep 0.1; i=$((i+1))
+    done
+    return 1
+}
+cd /ksplice
+for m in $(cat modules.list); do
+    insmod "$m"; step "load-module:$(basename $m .ko)" $?
+done
+check check-before
+insmod /ksplice/update.ko; step load-update $?
+LP=/sys/kernel/livepatch/@MOD@
+wait_transition $LP && [ "$(cat $LP/enabled)" = 1 ]; step transition $?
+check check-after
+echo 0 > $LP/enabled; step disable $?
+i=0
+while [ -e $LP ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+[ ! -e $LP ]; step unpatched $?
+rmmod @MOD@; step remove $?
+check check-undone
+dmesg | grep -i -E 'livepatch|ksplice|klp|oops|bug' | tail -20 | sed 's/^/  dmesg: /'
+echo "@@ksplice done rc=0@@"
+reboot -f
+"""
+
+#: What each step must return: True for success (0), False for failure (non-zero).
+_EXPECT = {
+    "check-before": False,
+    "load-update": True,
+    "transition": True,
+    "check-after": True,
+    "disable": True,
+    "unpatched": True,
+    "remove": True,
+    "check-undone": False,
+    "done": True,
+}
+
+
+def run(tarball: str, kernel: str, check: str | None, modules: tuple[str, ...],
+        timeout: float, as_json: bool, keep: str | None) -> int:
+    update = read_tarball(Path(tarball))
+    livepatch = [line.split() for line in update.text("contents").splitlines()
+                 if line.startswith("livepatch ")]
+    if not livepatch:
+        raise InputError(f"{tarball} has no livepatch module (no 'livepatch' line in its "
+                         "contents)", hint="it was built for a tree that is not a Linux "
+                                           "kernel, or by an older git-ksplice")
+    _, modname, kofile = livepatch[0][:3]
+    files = {"ksplice/update.ko": update.files[kofile]}
+    names = []
+    for m in modules:
+        p = Path(m)
+        try:
+            files[f"ksplice/modules/{p.name}"] = p.read_bytes()
+        except OSError as e:
+            raise InputError(f"cannot read module {m}: {e.strerror}") from None
+        names.append(f"/ksplice/modules/{p.name}")
+    files["ksplice/modules.list"] = ("\n".join(names) + "\n").encode()
+    if check is not None:
+        try:
+            files["ksplice/check.sh"] = Path(check).read_bytes()
+        except OSError as e:
+            raise InputError(f"cannot read check script {check}: {e.strerror}") from None
+    init = _INIT.replace("@MOD@", modname)
+    workdir = Path(keep) if keep else Path(tempfile.mkdtemp(prefix=f"ksplice-try-{update.id}-"))
+    ui.console.print(f"booting {kernel} with update {update.id} ({modname})...")
+    session = qemu.run(Path(kernel), qemu.make_initramfs(files, init), workdir=workdir,
+                       timeout=timeout)
+    expected = {f"load-module:{Path(m).stem}": True for m in modules}
+    expected.update(_EXPECT)
+    if check is None:
+        for k in ("check-before", "check-after", "check-undone"):
+            expected.pop(k)
+    rows = []
+    ok = True
+    for step, want_success in expected.items():
+        rc = session.steps.get(step)
+        good = rc is not None and ((rc == 0) == want_success)
+        ok &= good
+        rows.append({"step": step, "rc": rc, "expected": "pass" if want_success else "fail",
+                     "ok": good})
+    log = workdir / "console.log"
+    if as_json:
+        ui.print_json({"schema": 1, "id": update.id, "module": modname, "ok": ok,
+                       "steps": rows, "seconds": round(session.seconds, 1),
+                       "timed_out": session.timed_out, "console": str(log)})
+    else:
+        for r in rows:
+            status = "ok" if r["ok"] else "[bold red]FAILED[/]"
+            got = "missing" if r["rc"] is None else f"rc={r['rc']}"
+            ui.console.print(f"  {r['step']:22} expected to {r['expected']:4}  {got:8} "
+                             f"{status}")
+        verdict = "[green]the update works[/]" if ok else "[bold red]the update failed[/]"
+        ui.console.print(f"{verdict} ({session.seconds:.1f}s"
+                         f"{', timed out' if session.timed_out else ''}); console: {log}")
+    return EXIT_OK if ok else EXIT_ERROR
