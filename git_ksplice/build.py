@@ -293,6 +293,7 @@ class BuildTree:
                 continue
             dst = self.cache / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.unlink(missing_ok=True)  # replace symlinks whole, never write through them
             shutil.copy2(self.path / rel, dst, follow_symlinks=False)
         if old is not None:
             for rel in set(old.files) - set(outputs):

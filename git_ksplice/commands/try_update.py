@@ -40,6 +40,8 @@ cd /ksplice
 for m in $(cat modules.list); do
     insmod "$m"; step "load-module:$(basename $m .ko)" $?
 done
+# A livepatch among those modules (an earlier update) must finish its transition first.
+for d in /sys/kernel/livepatch/*; do [ -e "$d/transition" ] && wait_transition "$d"; done
 check check-before
 insmod /ksplice/update.ko; step load-update $?
 LP=/sys/kernel/livepatch/@MOD@

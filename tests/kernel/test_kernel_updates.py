@@ -1,0 +1,170 @@
+"""Real updates for Linux 6.1, each built by `git ksplice create` and proven with
+`git ksplice try`: the check fails on the running kernel, passes with the update loaded, and
+fails again once it is removed. Unsafe changes are refused with a reason and no tarball."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+
+import pytest
+
+from tests.kernel.conftest import KernelRepo
+
+pytestmark = pytest.mark.kernel
+
+MEMINFO = ("fs/proc/meminfo.c", [('"MemAvailable:   "', '"MemAvailable:!  "')])
+CMDLINE = ("fs/proc/cmdline.c", [("\tseq_putc(m, '\\n');", "\tseq_puts(m, \" ksplice\");\n"
+                                  "\tseq_putc(m, '\\n');")])
+
+
+def _manifest(tarball) -> dict:
+    with tarfile.open(tarball) as t:
+        top = t.getnames()[0].split("/")[0]
+        f = t.extractfile(f"{top}/manifest.json")
+        assert f is not None
+        return json.load(f)
+
+
+def _prove(k: KernelRepo, name: str, edits: dict, check: str, *, modules=(),
+           functions: set[str] | None = None) -> dict:
+    k.commit_patch(name, edits)
+    _, tarball, _ = k.create(name)
+    manifest = _manifest(tarball)
+    replaced = {f["name"] for f in manifest["livepatch"]["functions"]}
+    if functions is not None:
+        assert replaced == functions, manifest["livepatch"]
+    r = k.try_update(tarball, check, modules)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "the update works" in r.stderr
+    return manifest
+
+
+def test_string_in_a_proc_show_function(kernel_repo: KernelRepo) -> None:
+    """The classic: a string printed by /proc/meminfo."""
+    _prove(kernel_repo, "meminfo-string", dict([MEMINFO]),
+           'grep -q "MemAvailable:!" /proc/meminfo', functions={"meminfo_proc_show"})
+
+
+def test_static_function_with_namesakes_uses_sympos(kernel_repo: KernelRepo) -> None:
+    """kernel/reboot.c's static type_show has namesakes in other files: the update must
+    name the right one by its position among them."""
+    m = _prove(kernel_repo, "reboot-type", {"kernel/reboot.c": [
+        ('\t\tval = BOOT_PCI_STR;\n\t\tbreak;\n\tdefault:\n\t\tval = REBOOT_UNDEFINED_STR;\n'
+         '\t}\n\n\treturn sprintf(buf, "%s\\n", val);',
+         '\t\tval = BOOT_PCI_STR;\n\t\tbreak;\n\tdefault:\n\t\tval = REBOOT_UNDEFINED_STR;\n'
+         '\t}\n\n\treturn sprintf(buf, "%s!\\n", val);')]},
+        "grep -q '!' /sys/kernel/reboot/type", functions={"type_show"})
+    (func,) = m["livepatch"]["functions"]
+    assert func["sympos"] >= 1, func
+
+
+def test_new_static_helper_function(kernel_repo: KernelRepo) -> None:
+    """The fix adds a static helper that the changed function calls."""
+    _prove(kernel_repo, "version-helper", {"fs/proc/version.c": [
+        ("static int version_proc_show(", "static noinline void ksplice_note(struct seq_file "
+         "*m)\n{\n\tseq_puts(m, \"patched by ksplice\\n\");\n}\n\n"
+         "static int version_proc_show("),
+        ("\t\tutsname()->version);\n", "\t\tutsname()->version);\n\tksplice_note(m);\n")]},
+        "grep -q 'patched by ksplice' /proc/version", functions={"version_proc_show"})
+
+
+def test_new_static_data_used_by_a_changed_function(kernel_repo: KernelRepo) -> None:
+    """New static data lives in the update module: a counter starting at 41."""
+    _prove(kernel_repo, "cmdline-counter", {"fs/proc/cmdline.c": [
+        ("static int cmdline_proc_show(", "static int ksplice_reads = 41;\n\n"
+         "static int cmdline_proc_show("),
+        ("\tseq_putc(m, '\\n');", "\tseq_printf(m, \" reads=%d\", ++ksplice_reads);\n"
+         "\tseq_putc(m, '\\n');")]},
+        "grep -q 'reads=42' /proc/cmdline")
+
+
+def test_syscall_visible_from_busybox(kernel_repo: KernelRepo) -> None:
+    """uname(2): the body is an inlined __do_sys_newuname; its traceable wrapper is what
+    gets replaced. copy_to_user is in there too."""
+    _prove(kernel_repo, "uname", {"kernel/sys.c": [
+        ("\tif (copy_to_user(name, &tmp, sizeof(tmp)))\n\t\treturn -EFAULT;\n\n"
+         "\tif (override_release",
+         "\tstrcpy(tmp.sysname, \"Ksplice\");\n"
+         "\tif (copy_to_user(name, &tmp, sizeof(tmp)))\n\t\treturn -EFAULT;\n\n"
+         "\tif (override_release")]},
+        '[ "$(uname -s)" = Ksplice ]')
+
+
+def test_function_of_a_loadable_module(kernel_repo: KernelRepo) -> None:
+    """samples/kobject/kobject-example.ko: the update patches the module once it is
+    loaded (its klp_object is the module)."""
+    k = kernel_repo
+    m = _prove(k, "kobject", {"samples/kobject/kobject-example.c": [
+        ('return sysfs_emit(buf, "%d\\n", foo);',
+         'return sysfs_emit(buf, "%d (patched)\\n", foo);')]},
+        "grep -q patched /sys/kernel/kobject_example/foo",
+        modules=(k.running.module("samples/kobject/kobject-example.ko"),),
+        functions={"foo_show"})
+    assert {f["target"] for f in m["livepatch"]["functions"]} == {"kobject_example"}
+
+
+def test_patch_touching_two_objects(kernel_repo: KernelRepo) -> None:
+    _prove(kernel_repo, "two-objects", dict([MEMINFO, CMDLINE]),
+           'grep -q "MemAvailable:!" /proc/meminfo && grep -q ksplice /proc/cmdline',
+           functions={"meminfo_proc_show", "cmdline_proc_show"})
+
+
+def test_function_with_a_warn_entry(kernel_repo: KernelRepo) -> None:
+    """The changed function carries a __bug_table entry (WARN_ON) that must come along."""
+    _prove(kernel_repo, "cmdline-warn", {"fs/proc/cmdline.c": [
+        ("\tseq_puts(m, saved_command_line);", "\tWARN_ON(!m);\n"
+         "\tseq_puts(m, saved_command_line);"), CMDLINE[1][0]]},
+        "grep -q ksplice /proc/cmdline", functions={"cmdline_proc_show"})
+
+
+@pytest.mark.parametrize(("name", "edits", "code", "reason"), [
+    ("line-only", {"kernel/sys.c": [("#include <linux/export.h>\n",
+                                     "#include <linux/export.h>\n\n\n")]}, 66,
+     "No changes detected"),
+    ("init-function", {"fs/proc/meminfo.c": [
+        ('proc_create_single("meminfo", 0, NULL, meminfo_proc_show);',
+         'proc_create_single("meminfo", 0444, NULL, meminfo_proc_show);')]}, 65, "__init"),
+    ("data-initialiser", {"kernel/panic.c": [
+        ("int panic_timeout = CONFIG_PANIC_TIMEOUT;",
+         "int panic_timeout = CONFIG_PANIC_TIMEOUT + 1;")]}, 65, "initialiser"),
+    ("resized-data", {"kernel/reboot.c": [
+        ("static char poweroff_cmd[POWEROFF_CMD_PATH_LEN] = ",
+         "static char poweroff_cmd[POWEROFF_CMD_PATH_LEN + 8] = ")]}, 65, "resized"),
+])
+def test_unsafe_or_empty_changes_are_refused(kernel_repo: KernelRepo, name: str, edits: dict,
+                                              code: int, reason: str) -> None:
+    k = kernel_repo
+    k.commit_patch(name, edits)
+    _, tarball, r = k.create(name, expect=code)
+    assert reason in r.stderr, r.stderr
+    assert not tarball.exists()
+
+
+def test_two_updates_stacked_with_series(kernel_repo: KernelRepo) -> None:
+    """Two updates on one running kernel: the second is built on the first's source, and
+    both load together."""
+    k = kernel_repo
+    pre = k.git("rev-parse", "refs/ksplice/pre").strip()
+    try:
+        k.commit_patch("series-1", dict([MEMINFO]))
+        _, first, _ = k.create("series_1", "--series")
+        k.commit_patch("series-2", dict([CMDLINE]), base="HEAD")
+        _, second, _ = k.create("series_2", "--series")
+        m2 = _manifest(second)
+        assert {f["name"] for f in m2["livepatch"]["functions"]} == {"cmdline_proc_show"}
+        assert m2["pre"] == _manifest(first)["post"]
+        first_ko = k.out / "series-first.ko"
+        with tarfile.open(first) as t:
+            member = next(n for n in t.getnames() if n.endswith(".ko"))
+            f = t.extractfile(member)
+            assert f is not None
+            first_ko.write_bytes(f.read())
+        # The first update loaded as a module, the second tried on top of it.
+        r = k.try_update(second, 'grep -q "MemAvailable:!" /proc/meminfo && '
+                                 "grep -q ksplice /proc/cmdline", modules=(first_ko,))
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        # Put the running kernel's source back for the other tests.
+        now = k.git("rev-parse", "refs/ksplice/pre").strip()
+        k.git("update-ref", "refs/ksplice/pre", pre, now)
