@@ -93,6 +93,9 @@ class BuildSettings:
     verbose: int = 0
     #: Called for every line make prints (progress display); gets (line, objects compiled).
     on_line: Callable[[str, int], None] | None = None
+    #: make targets; empty for the tree's default. For Linux, `vmlinux modules`: the
+    #: compressed image is never needed (these builds are compared, not booted).
+    targets: list[str] = field(default_factory=list)
 
     def command(self) -> list[str]:
         args = list(self.make_args)
@@ -105,7 +108,7 @@ class BuildSettings:
         cmd = ["make", f"-j{self.jobs}", f"KCFLAGS={kcflags}", *args]
         if self.verbose >= 2:
             cmd.append("V=1")
-        return cmd
+        return cmd + self.targets
 
 
 @dataclass

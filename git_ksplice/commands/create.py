@@ -139,6 +139,17 @@ def _make_args(repo: Repo, orig: OrigConfig) -> list[str]:
     return args
 
 
+def _make_targets(repo: Repo, pre: str) -> list[str]:
+    import shlex
+
+    configured = repo.config("ksplice.makeTargets")
+    if configured is not None:
+        return shlex.split(configured)
+    if repo.read_blob(pre, "scripts/Makefile.modpost") is not None:
+        return ["vmlinux", "modules"]  # Linux: no bzImage, these builds are never booted
+    return []
+
+
 def _new_id() -> str:
     alphabet = string.ascii_lowercase + string.digits
     return "".join(secrets.choice(alphabet) for _ in range(8))
@@ -201,7 +212,7 @@ def _run(opts: CreateOptions) -> int:
         checkpoint("pre-created")
         tree = BuildTree(repo)
         settings = BuildSettings(jobs, _make_args(repo, orig), opts.verbose,
-                                 on_line=phases.build_line)
+                                 on_line=phases.build_line, targets=_make_targets(repo, pre))
         logs = repo.state_dir / "logs"
         if opts.skip_prebuild and tree.state().get("pre") != pre:
             raise InputError("--skip-prebuild: there is no pristine build of "

@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""git-ksplice on the real kernel: where the time of an update goes.
+
+Uses the real-kernel tier's cached builds (tests/kernel/conftest.py; run that tier once
+first). Measures, for a one-function patch (a /proc/meminfo string):
+- a warm `git ksplice create` (pristine tree built), phase by phase;
+- the floor: the bare incremental `make` after applying the same patch to the normally built
+  running kernel's tree (then the patch is reverted and the tree rebuilt);
+- with --cold, a cold create: a fresh repository, `create --prebuild` included (a full
+  kernel build), against a full `make` of the running kernel's tree (from `make clean`).
+Targets: warm create <= 1.5 x the incremental make; cold create <= 1.1 x a full build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.kernel.conftest import (  # noqa: E402
+    CACHE,
+    JOBS,
+    _git_env,
+    _kernel_repo,
+    _key,
+    _running_kernel,
+)
+
+OLD, NEW = '"MemAvailable:   "', '"MemAvailable:!  "'
+FILE = "fs/proc/meminfo.c"
+
+
+def timed(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[float, str]:
+    start = time.perf_counter()
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
+    return time.perf_counter() - start, r.stdout + r.stderr
+
+
+def warm(base: Path) -> list[tuple[str, float]]:
+    running = _running_kernel(base)
+    k = _kernel_repo(base, running)
+    branch = f"bench-{uuid.uuid4().hex[:6]}"
+    k.git("checkout", "-q", "-f", "-b", branch, "refs/ksplice/pre")
+    p = k.path / FILE
+    p.write_text(p.read_text().replace(OLD, NEW, 1))
+    k.git("commit", "-qam", "bench: meminfo")
+    # A first create warms the tree (the previous user may have left pre elsewhere); the
+    # second one is measured.
+    for _ in range(2):
+        uid = f"bench_{uuid.uuid4().hex[:6]}"
+        wall, out = timed([sys.executable, "-m", "git_ksplice", "create", "-j", JOBS, "--id",
+                           uid, "-o", str(k.out)], k.path, k.env)
+    phases = [(m.group(1), float(m.group(2)))
+              for m in re.finditer(r"^(.*?): done in ([\d.]+)s", out, re.M)]
+    # The floor: the same edit, bare incremental make, in the running kernel's own tree.
+    tree = running.tree
+    src = tree / FILE
+    text = src.read_text()
+    timed(["make", f"-j{JOBS}", "bzImage", "modules"], tree)  # up to date first
+    src.write_text(text.replace(OLD, NEW, 1))
+    try:
+        floor, _ = timed(["make", f"-j{JOBS}", "bzImage", "modules"], tree)
+    finally:
+        src.write_text(text)
+        timed(["make", f"-j{JOBS}", "bzImage", "modules"], tree)
+    return [("warm create (total)", wall), *[(f"  {p}", t) for p, t in phases],
+            ("incremental make after the patch (floor)", floor),
+            ("target: 1.5 x floor", 1.5 * floor)]
+
+
+def cold(base: Path) -> list[tuple[str, float]]:
+    running = _running_kernel(base)
+    scratch = base / f"cold-{uuid.uuid4().hex[:6]}"
+    env = _git_env(base / "home")
+    scratch.mkdir()
+    timed(["tar", "xf", "/usr/src/linux-source-6.1.tar.xz"], scratch)
+    src = scratch / "linux-source-6.1"
+    gi = src / ".gitignore"
+    gi.write_text(gi.read_text().split("#\n# Debian packaging")[0])
+    t_import = sum(timed(c, src, env)[0] for c in (["git", "init", "-q"], ["git", "add", "-A"],
+                                                   ["git", "commit", "-qm", "base"]))
+    subprocess.run(["cp", "-r", str(base / "orig-config"), str(src / "ksplice")], check=True)
+    t_pre, _ = timed([sys.executable, "-m", "git_ksplice", "create", "--prebuild", "-j", JOBS],
+                     src, env)
+    full, _ = timed(["sh", "-c", f"make -s clean && make -j{JOBS} bzImage modules"],
+                    running.tree)
+    subprocess.run(["rm", "-rf", str(scratch)], check=True)
+    return [("import the source into git", t_import),
+            ("cold create: --prebuild (pristine build + cache)", t_pre),
+            ("full make of the running kernel's tree", full),
+            ("target: 1.1 x full build", 1.1 * full)]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--cold", action="store_true", help="also measure a cold create")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    os.environ.setdefault("PYTHONPATH", str(REPO))
+    base = CACHE / f"linux-6.1-{_key()}"
+    rows = warm(base)
+    if args.cold:
+        rows += cold(base)
+    lines = [f"Measured {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, make -j{JOBS}, "
+             "Linux 6.1 reference configuration, one-function patch (/proc/meminfo string).",
+             "", "| step | seconds |", "|---|---:|",
+             *[f"| {name} | {t:.1f} |" for name, t in rows]]
+    table = "\n".join(lines)
+    print(table)
+    if not args.no_write:
+        readme = REPO / "benchmarks" / "README.md"
+        text = readme.read_text()
+        if "<!-- kernel:begin -->" not in text:
+            text += ("\n## The real kernel (`benchmarks/kernel.py`)\n\n"
+                     "<!-- kernel:begin -->\n<!-- kernel:end -->\n")
+        text = re.sub(r"(<!-- kernel:begin -->\n).*?(\n<!-- kernel:end -->)",
+                      lambda m: m.group(1) + table + m.group(2), text, flags=re.S)
+        readme.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
