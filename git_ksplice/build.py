@@ -465,6 +465,18 @@ def target_map(tree: Path) -> dict[str, str]:
     return targets
 
 
+def module_file(tree: Path, name: str) -> Path | None:
+    """The built .ko of module `name` (as the kernel names it: `-` made `_`)."""
+    order = tree / "modules.order"
+    if not order.exists():
+        return None
+    for ko in order.read_text().split():
+        if Path(ko).stem.replace("-", "_") == name:
+            p = tree / (ko if ko.endswith(".ko") else ko[:-2] + ".ko")
+            return p if p.exists() else None
+    return None
+
+
 def _archive_members(tree: Path, archive: str, depth: int = 0) -> Iterable[str]:
     path = tree / archive
     if not path.exists() or depth > 20:

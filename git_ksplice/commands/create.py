@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from git_ksplice import __version__, inputs, ui
-from git_ksplice.build import BuildSettings, BuildTree, OrigConfig, is_linux_tree, target_map
+from git_ksplice.build import (
+    BuildSettings,
+    BuildTree,
+    OrigConfig,
+    is_linux_tree,
+    module_file,
+    target_map,
+)
 from git_ksplice.elf.diff import DiffResult, Options, diff_objects
 from git_ksplice.elf.model import empty_object, read_object
 from git_ksplice.elf.writer import serialize
@@ -338,7 +345,7 @@ def _build_and_package(repo: Repo, opts: CreateOptions, update_id: str, orig: Or
         if opts.build_modules:
             for r in results:
                 if r.target != "vmlinux" and r.result.result == "changed":
-                    ko = _module_file(tree.path, r.target)
+                    ko = module_file(tree.path, r.target)
                     if ko is not None:
                         modules[r.target] = ko.read_bytes()
         phases.done(f"{len(results)} objects")
@@ -438,17 +445,6 @@ def _extra_objects(targets: dict[str, str], changed: list[str], opts: CreateOpti
     return sorted(o for o in targets if o not in changed
                   and any(fnmatch.fnmatchcase(o, p) for p in inc)
                   and not any(fnmatch.fnmatchcase(o, p) for p in exc))
-
-
-def _module_file(tree: Path, target: str) -> Path | None:
-    order = tree / "modules.order"
-    if not order.exists():
-        return None
-    for ko in order.read_text().split():
-        if Path(ko).stem.replace("-", "_") == target:
-            p = tree / (ko if ko.endswith(".ko") else ko[:-2] + ".ko")
-            return p if p.exists() else None
-    return None
 
 
 def _utsname(tree: BuildTree, settings: BuildSettings) -> str:

@@ -24,6 +24,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from git_ksplice.build import module_file
 from git_ksplice.elf.diff import DiffResult
 from git_ksplice.elf.model import (
     RELOC_SIZES,
@@ -108,7 +109,7 @@ class _Resolver:
             if objname == "vmlinux":
                 t = vmlinux_symbols(self.orig_dir, self.tree)
             else:
-                ko = _module_ko(self.tree, objname)
+                ko = module_file(self.tree, objname)
                 if ko is None:
                     raise RefusedError(f"module {objname} is not in the pristine build")
                 t = module_symbols(objname, ko)
@@ -143,17 +144,6 @@ class _Resolver:
                                    "of the running kernel")
         return target, sym.name, table.sympos(sym.name, local=False, file=None,
                                               neighbours=set())
-
-
-def _module_ko(tree: Path, name: str) -> Path | None:
-    order = tree / "modules.order"
-    if not order.exists():
-        return None
-    for ko in order.read_text().split():
-        if Path(ko).stem.replace("-", "_") == name:
-            p = tree / (ko if ko.endswith(".ko") else ko[:-2] + ".ko")
-            return p if p.exists() else None
-    return None
 
 
 def _local_names(obj: ElfObject) -> set[str]:

@@ -21,16 +21,16 @@ from pathlib import Path
 import pytest
 
 from tests.engine.conftest import (
-    EXIT_CHANGED,
     EXIT_ERROR,
     EXIT_REFUSED,
     EXIT_UNCHANGED,
     DiffRun,
     Workbench,
+    c_source,
     calls_fentry,
-    check_output_object,
     compile_c,
     data_symbols,
+    expect_changed,
     function_relocations,
     relocation_targets,
     run_differ,
@@ -39,41 +39,6 @@ from tests.engine.conftest import (
     sections_containing,
     text_symbols,
 )
-
-# Kernel-ish declarations shared by every source. No #include: the objects must not depend on
-# the host's headers.
-PRELUDE = """\
-extern int printk(const char *fmt, ...);
-extern void __warn_printk(const char *fmt, ...);
-extern void __might_sleep(const char *file, int line);
-extern int ext_work(int);
-#define noinline __attribute__((noinline))
-#define notrace __attribute__((no_instrument_function))
-#define __init __attribute__((section(".init.text")))
-#define __cold __attribute__((cold))
-#define likely(x) __builtin_expect(!!(x), 1)
-#define unlikely(x) __builtin_expect(!!(x), 0)
-"""
-
-
-def c_source(body: str, **subs: object) -> str:
-    """``PRELUDE`` + ``body`` with each ``@NAME@`` placeholder replaced by ``subs[NAME]``."""
-    for key, value in subs.items():
-        body = body.replace(f"@{key}@", str(value))
-    assert "@" not in body, f"unfilled placeholder in:\n{body}"
-    return PRELUDE + body
-
-
-def expect_changed(run: DiffRun) -> None:
-    """Exit 0 with a valid output object holding every changed and new function."""
-    assert run.returncode == EXIT_CHANGED, run.describe()
-    assert run.data["refusals"] == [], run.describe()
-    assert run.data["output"] is not None, run.describe()
-    assert Path(run.data["output"]).resolve() == run.out.resolve(), run.describe()
-    check_output_object(run.out)
-    in_out = text_symbols(run.out)
-    for name in run.changed_names + run.new_names:
-        assert name in in_out, f"{name} reported but not a text symbol of the output\n{in_out}"
 
 
 def expect_no_output(run: DiffRun, code: int) -> None:

@@ -37,47 +37,16 @@ from tests.engine.conftest import (
     SOURCE_NAME,
     DiffRun,
     Workbench,
+    c_source,
     calls_fentry,
-    check_output_object,
     data_symbols,
+    expect_changed,
     function_relocations,
     relocation_targets,
     section_bytes,
     section_sizes,
     text_symbols,
 )
-
-# Kernel-ish declarations shared by every source; no #include, so the objects do not depend
-# on the host's headers.
-PRELUDE = """\
-extern int printk(const char *fmt, ...);
-extern int ext_work(int);
-#define noinline __attribute__((noinline))
-#define notrace __attribute__((no_instrument_function))
-#define __init __attribute__((section(".init.text")))
-#define __cold __attribute__((cold))
-#define likely(x) __builtin_expect(!!(x), 1)
-#define unlikely(x) __builtin_expect(!!(x), 0)
-"""
-
-
-def c_source(body: str, **subs: object) -> str:
-    """``PRELUDE`` + ``body`` with each ``@NAME@`` placeholder replaced by ``subs[NAME]``."""
-    for key, value in subs.items():
-        body = body.replace(f"@{key}@", str(value))
-    assert "@" not in body, f"unfilled placeholder in:\n{body}"
-    return PRELUDE + body
-
-
-def expect_changed(run: DiffRun) -> None:
-    """Exit 0, no refusal, and a valid output object holding every changed and new function."""
-    assert run.returncode == EXIT_CHANGED, run.describe()
-    assert run.data["refusals"] == [], run.describe()
-    assert run.data["output"] is not None, run.describe()
-    check_output_object(run.out)
-    in_out = text_symbols(run.out)
-    for name in run.changed_names + run.new_names:
-        assert name in in_out, f"{name} reported but not a text symbol of OUT: {in_out}"
 
 
 def expect_refused(run: DiffRun, *keywords: str) -> None:
