@@ -26,6 +26,18 @@ def _manifest(tarball) -> dict:
         return json.load(f)
 
 
+def _module_sections(k: KernelRepo, manifest: dict) -> set[str]:
+    from git_ksplice.elf.model import read_object
+
+    tarball = k.out / f"ksplice-{manifest['id']}.tar.gz"
+    ko = k.out / f"{manifest['id']}.ko"
+    with tarfile.open(tarball) as t:
+        f = t.extractfile(f"ksplice-{manifest['id']}/{manifest['livepatch']['module']}.ko")
+        assert f is not None
+        ko.write_bytes(f.read())
+    return {s.name for s in read_object(ko).sections}
+
+
 def _prove(k: KernelRepo, name: str, edits: dict, check: str, *, modules=(),
            functions: set[str] | None = None) -> dict:
     k.commit_patch(name, edits)
@@ -116,6 +128,25 @@ def test_function_with_a_warn_entry(kernel_repo: KernelRepo) -> None:
         ("\tseq_puts(m, saved_command_line);", "\tWARN_ON(!m);\n"
          "\tseq_puts(m, saved_command_line);"), CMDLINE[1][0]]},
         "grep -q ksplice /proc/cmdline", functions={"cmdline_proc_show"})
+
+
+def test_function_with_exception_table_entries(kernel_repo: KernelRepo) -> None:
+    """filldir64 writes directory entries to user space with unsafe_put_user: its
+    __ex_table entries must come along. The update hides entries named "ksplice"."""
+    m = _prove(kernel_repo, "readdir-hide", {"fs/readdir.c": [
+        ("\tbuf->error = verify_dirent_name(name, namlen);\n\tif (unlikely(buf->error))\n"
+         "\t\treturn false;\n\tbuf->error = -EINVAL;\t/* only used if we fail.. */\n"
+         "\tif (reclen > buf->count)\n\t\treturn false;\n\tprev_reclen = buf->prev_reclen;"
+         "\n\tif (prev_reclen && signal_pending(current))\n\t\treturn false;\n"
+         "\tdirent = buf->current_dir;\n\tprev = (void __user *)dirent - prev_reclen;",
+         "\tbuf->error = verify_dirent_name(name, namlen);\n\tif (unlikely(buf->error))\n"
+         "\t\treturn false;\n\tif (namlen == 7 && !memcmp(name, \"ksplice\", 7))\n"
+         "\t\treturn true;\n\tbuf->error = -EINVAL;\t/* only used if we fail.. */\n"
+         "\tif (reclen > buf->count)\n\t\treturn false;\n\tprev_reclen = buf->prev_reclen;"
+         "\n\tif (prev_reclen && signal_pending(current))\n\t\treturn false;\n"
+         "\tdirent = buf->current_dir;\n\tprev = (void __user *)dirent - prev_reclen;")]},
+        "! ls / | grep -q '^ksplice$'", functions={"filldir64"})
+    assert "__ex_table" in _module_sections(kernel_repo, m)
 
 
 @pytest.mark.parametrize(("name", "edits", "code", "reason"), [
