@@ -1,0 +1,63 @@
+"""`git ksplice try` without a kernel: the initramfs it boots, and the errors it gives.
+
+Booting a real kernel is the real-kernel tier's job (tests/kernel)."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from git_ksplice import qemu
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.skipif(shutil.which("busybox") is None or shutil.which("cpio") is None,
+                    reason="busybox and cpio are installed by .ci/run")
+def test_initramfs_is_a_newc_archive_the_kernel_can_unpack(tmp_path: Path) -> None:
+    archive = qemu.make_initramfs({"ksplice/update.ko": b"\x7fELF-module",
+                                   "ksplice/modules/a.ko": b"a"}, "#!/bin/busybox sh\n")
+    listing = subprocess.run(["cpio", "-itv"], input=gzip.decompress(archive),
+                             capture_output=True, check=True).stdout.decode()
+    names = {line.split()[-1] for line in listing.splitlines()}
+    assert {"init", "bin/busybox", "dev/console", "ksplice/update.ko",
+            "ksplice/modules/a.ko"} <= names
+    console = next(line for line in listing.splitlines() if line.endswith("dev/console"))
+    assert console.startswith("crw"), console
+    subprocess.run(["cpio", "-id", "--quiet"], input=gzip.decompress(archive), cwd=tmp_path,
+                   check=True)
+    assert (tmp_path / "ksplice" / "update.ko").read_bytes() == b"\x7fELF-module"
+    assert (tmp_path / "init").stat().st_mode & 0o111
+
+
+def _try(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "git_ksplice", "try", *args],
+                          capture_output=True, text=True, cwd=REPO)
+
+
+def test_update_without_a_livepatch_module_is_explained(tmp_path: Path) -> None:
+    """A tarball built for a tree that is not Linux has no module to try."""
+    import tarfile
+
+    top = tmp_path / "ksplice-x"
+    top.mkdir()
+    (top / "contents").write_text("target vmlinux\n")
+    tarball = tmp_path / "ksplice-x.tar.gz"
+    with tarfile.open(tarball, "w:gz") as t:
+        t.add(top, arcname="ksplice-x")
+    r = _try(str(tarball), "--kernel", str(tmp_path / "bzImage"))
+    assert r.returncode == 1
+    assert "has no livepatch module" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_not_an_update(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.tar.gz"
+    bogus.write_bytes(b"not a tarball")
+    r = _try(str(bogus), "--kernel", str(tmp_path / "bzImage"))
+    assert r.returncode == 1
+    assert "cannot read update" in r.stderr and "Traceback" not in r.stderr
