@@ -96,6 +96,16 @@ class BuildSettings:
     #: make targets; empty for the tree's default. For Linux, `vmlinux modules`: the
     #: compressed image is never needed (these builds are compared, not booted).
     targets: list[str] = field(default_factory=list)
+    #: make targets of the patched build, when only objects are needed (None: `targets`).
+    #: For Linux, `KBUILD_MODULES=1 .` compiles built-in and module objects without linking
+    #: vmlinux or running modpost: the module is built against the pristine tree anyway.
+    patched_targets: list[str] | None = None
+
+    def patched(self) -> BuildSettings:
+        if self.patched_targets is None:
+            return self
+        return BuildSettings(self.jobs, self.make_args, self.verbose, self.on_line,
+                             self.patched_targets, None)
 
     def command(self) -> list[str]:
         args = list(self.make_args)
@@ -312,7 +322,7 @@ class BuildTree:
         self.repo.checkout(self.path, post)
         self._install_config()
         checkpoint("patched-checkout")
-        compiled = self._make(settings, log)
+        compiled = self._make(settings.patched(), log)
         checkpoint("patched-built")
         manifest = Manifest.load(self.manifest_file) or Manifest()
         now = self._outputs()
@@ -460,8 +470,11 @@ def target_map(tree: Path) -> dict[str, str]:
             if mod.exists():
                 for obj in mod.read_text().split():
                     targets[_normalise(obj)] = name
-    for obj in _archive_members(tree, "vmlinux.a"):
-        targets.setdefault(obj, "vmlinux")
+    # vmlinux.a is made when vmlinux links; the top-level built-in.a as soon as objects are
+    # compiled (a patched build that does not link still lists a new file's object there).
+    for archive in ("vmlinux.a", "built-in.a"):
+        for obj in _archive_members(tree, archive):
+            targets.setdefault(obj, "vmlinux")
     return targets
 
 

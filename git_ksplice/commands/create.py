@@ -146,15 +146,18 @@ def _make_args(repo: Repo, orig: OrigConfig) -> list[str]:
     return args
 
 
-def _make_targets(repo: Repo, pre: str) -> list[str]:
+def _make_targets(repo: Repo, pre: str) -> tuple[list[str], list[str] | None]:
+    """(pristine build targets, patched build targets). For Linux the pristine build makes
+    vmlinux and modules (no bzImage: these builds are never booted; the module build needs
+    Module.symvers), the patched one only compiles (`KBUILD_MODULES=1 .`)."""
     import shlex
 
     configured = repo.config("ksplice.makeTargets")
     if configured is not None:
-        return shlex.split(configured)
+        return shlex.split(configured), None
     if repo.read_blob(pre, "scripts/Makefile.modpost") is not None:
-        return ["vmlinux", "modules"]  # Linux: no bzImage, these builds are never booted
-    return []
+        return ["vmlinux", "modules"], ["KBUILD_MODULES=1", "."]
+    return [], None
 
 
 def _new_id() -> str:
@@ -218,8 +221,10 @@ def _run(opts: CreateOptions) -> int:
                         f"({pre[:12]}): the running kernel's source")
         checkpoint("pre-created")
         tree = BuildTree(repo)
+        targets, patched_targets = _make_targets(repo, pre)
         settings = BuildSettings(jobs, _make_args(repo, orig), opts.verbose,
-                                 on_line=phases.build_line, targets=_make_targets(repo, pre))
+                                 on_line=phases.build_line, targets=targets,
+                                 patched_targets=patched_targets)
         logs = repo.state_dir / "logs"
         if opts.skip_prebuild and tree.state().get("pre") != pre:
             raise InputError("--skip-prebuild: there is no pristine build of "
