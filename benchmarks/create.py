@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from readme import update_section  # noqa: E402
+
 EXAMPLE = REPO / "examples" / "tiny-kernel"
 KCFLAGS = "KCFLAGS=-ffunction-sections -fdata-sections"
 
@@ -120,14 +123,7 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        readme = REPO / "benchmarks" / "README.md"
-        text = readme.read_text()
-        if "<!-- create:begin -->" not in text:
-            text += ("\n## Warm `create` on the tiny kernel (`benchmarks/create.py`)\n\n"
-                     "<!-- create:begin -->\n<!-- create:end -->\n")
-        text = re.sub(r"(<!-- create:begin -->\n).*?(\n<!-- create:end -->)",
-                      lambda m: m.group(1) + table + m.group(2), text, flags=re.S)
-        readme.write_text(text)
+        update_section("create", "Warm `create` on the tiny kernel (`benchmarks/create.py`)", table)
     return 0
 
 

@@ -12,13 +12,15 @@ import argparse
 import json
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from readme import update_section  # noqa: E402
+
 CORPUS = Path(os.environ.get("KSPLICE_CORPUS",
                              REPO.parent / "shared" / "corpus" / "kpatch-unit-x86_64"))
 
@@ -74,11 +76,8 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        readme = REPO / "benchmarks" / "README.md"
-        text = readme.read_text()
-        text = re.sub(r"(<!-- diff_object:begin -->\n).*?(\n<!-- diff_object:end -->)",
-                      lambda m: m.group(1) + table + m.group(2), text, flags=re.S)
-        readme.write_text(text)
+        update_section("diff_object",
+                       "`diff-object` on the kpatch corpus (`benchmarks/diff_object.py`)", table)
     return 0
 
 

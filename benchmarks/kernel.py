@@ -23,6 +23,9 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from readme import update_section  # noqa: E402
+
 sys.path.insert(0, str(REPO))
 
 from tests.kernel.conftest import (  # noqa: E402
@@ -118,14 +121,7 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        readme = REPO / "benchmarks" / "README.md"
-        text = readme.read_text()
-        if "<!-- kernel:begin -->" not in text:
-            text += ("\n## The real kernel (`benchmarks/kernel.py`)\n\n"
-                     "<!-- kernel:begin -->\n<!-- kernel:end -->\n")
-        text = re.sub(r"(<!-- kernel:begin -->\n).*?(\n<!-- kernel:end -->)",
-                      lambda m: m.group(1) + table + m.group(2), text, flags=re.S)
-        readme.write_text(text)
+        update_section("kernel", "The real kernel (`benchmarks/kernel.py`)", table)
     return 0
 
 
