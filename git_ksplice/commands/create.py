@@ -31,7 +31,6 @@ from git_ksplice.build import (
     BuildTree,
     OrigConfig,
     is_linux_tree,
-    module_file,
     target_map,
 )
 from git_ksplice.elf.diff import DiffResult, Options, diff_objects
@@ -39,6 +38,7 @@ from git_ksplice.elf.model import empty_object, read_object
 from git_ksplice.elf.writer import serialize
 from git_ksplice.errors import (
     EXIT_OK,
+    BuildError,
     InputError,
     KspliceError,
     NoChangeError,
@@ -348,11 +348,9 @@ def _build_and_package(repo: Repo, opts: CreateOptions, update_id: str, orig: Or
             update.add_file(f"debug/objects/extra/{rel}", tree.pristine_file(rel))
         modules: dict[str, bytes] = {}
         if opts.build_modules:
-            for r in results:
-                if r.target != "vmlinux" and r.result.result == "changed":
-                    ko = module_file(tree.path, r.target)
-                    if ko is not None:
-                        modules[r.target] = ko.read_bytes()
+            wanted = sorted({r.target for r in results
+                             if r.target != "vmlinux" and r.result.result == "changed"})
+            modules = _replacement_modules(tree, settings, wanted, log)
         phases.done(f"{len(results)} objects")
         checkpoint("compared")
     finally:
@@ -411,6 +409,35 @@ def _build_and_package(repo: Repo, opts: CreateOptions, update_id: str, orig: Or
     checkpoint("recorded")
     _report(opts, update_id, tarball, pre, change, changed, manifest)
     return EXIT_OK
+
+
+def _replacement_modules(tree: BuildTree, settings: BuildSettings, names: list[str],
+                         log: Path) -> dict[str, bytes]:
+    """--build-modules: the patched modules as files to install for the next boot. In a
+    Linux tree they are rebuilt here without git-ksplice's flags (the running kernel's
+    modules were built normally), in the patched tree before it is reverted."""
+    out: dict[str, bytes] = {}
+    linux = is_linux_tree(tree.path)
+    order = (tree.path / "modules.order").read_text().split() \
+        if (tree.path / "modules.order").exists() else []
+    for name in names:
+        ko_rel = next((k for k in order if Path(k).stem.replace("-", "_") == name), None)
+        if ko_rel is None:
+            continue
+        if linux:
+            directory = tree.path / Path(ko_rel).parent
+            cmd = ["make", f"-j{settings.jobs}", "-C", str(tree.path), f"M={directory}",
+                   *settings.make_args, "KCFLAGS=", "modules"]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            with open(log, "a") as f:
+                f.write("$ " + " ".join(cmd) + "\n" + r.stdout + r.stderr)
+            if r.returncode != 0:
+                raise BuildError(f"rebuilding module {name} for --build-modules failed",
+                                 hint=f"full log: {log}")
+        ko = tree.path / ko_rel
+        if ko.exists():
+            out[name] = ko.read_bytes()
+    return out
 
 
 def _livepatch_module(repo: Repo, update_id: str, orig: OrigConfig, tree: BuildTree,

@@ -39,9 +39,9 @@ def _module_sections(k: KernelRepo, manifest: dict) -> set[str]:
 
 
 def _prove(k: KernelRepo, name: str, edits: dict, check: str, *, modules=(),
-           functions: set[str] | None = None) -> dict:
+           functions: set[str] | None = None, create_args: tuple[str, ...] = ()) -> dict:
     k.commit_patch(name, edits)
-    _, tarball, _ = k.create(name)
+    _, tarball, _ = k.create(name, *create_args)
     manifest = _manifest(tarball)
     replaced = {f["name"] for f in manifest["livepatch"]["functions"]}
     if functions is not None:
@@ -112,8 +112,22 @@ def test_function_of_a_loadable_module(kernel_repo: KernelRepo) -> None:
          'return sysfs_emit(buf, "%d (patched)\\n", foo);')]},
         "grep -q patched /sys/kernel/kobject_example/foo",
         modules=(k.running.module("samples/kobject/kobject-example.ko"),),
-        functions={"foo_show"})
+        functions={"foo_show"}, create_args=("--build-modules",))
     assert {f["target"] for f in m["livepatch"]["functions"]} == {"kobject_example"}
+    # --build-modules: the patched module itself, built as the running kernel's modules are
+    # (no function sections), for installing on disk.
+    from git_ksplice.elf.model import read_object
+
+    with tarfile.open(k.out / f"ksplice-{m['id']}.tar.gz") as t:
+        top = f"ksplice-{m['id']}"
+        contents = t.extractfile(f"{top}/contents").read().decode()  # type: ignore[union-attr]
+        assert "module kobject_example modules/kobject_example.ko" in contents
+        ko = k.out / f"{m['id']}-kobject_example.ko"
+        ko.write_bytes(t.extractfile(f"{top}/modules/kobject_example.ko").read())  # type: ignore[union-attr]
+    sections = {s.name for s in read_object(ko).sections}
+    assert ".text" in sections and not any(n.startswith(".text.foo") for n in sections)
+    modinfo = read_object(ko).section(".modinfo")
+    assert modinfo is not None and b"vermagic=6.1.192 SMP" in modinfo.data
 
 
 def test_patch_touching_two_objects(kernel_repo: KernelRepo) -> None:
