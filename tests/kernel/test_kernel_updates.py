@@ -91,6 +91,20 @@ def test_new_static_data_used_by_a_changed_function(kernel_repo: KernelRepo) -> 
         "grep -q 'reads=42' /proc/cmdline")
 
 
+def test_static_local_state_survives_the_update(kernel_repo: KernelRepo) -> None:
+    """do_sys_settimeofday64 keeps `static int firsttime = 1`, cleared by the first
+    settimeofday with a timezone (busybox hwclock --systz). The update prints it: a fresh
+    copy would say 1; the running kernel's variable, which the update must share, says 0."""
+    m = _prove(kernel_repo, "settimeofday-static", {"kernel/time/time.c": [
+        ("\tstatic int firsttime = 1;\n\tint error = 0;\n",
+         "\tstatic int firsttime = 1;\n\tint error = 0;\n\n"
+         "\tpr_info(\"ksplice firsttime=%d\\n\", firsttime);\n")]},
+        "hwclock --systz; dmesg -c | grep -q 'ksplice firsttime=0'")
+    # Also replaced: the syscall wrapper it is inlined into; both use the one firsttime.
+    assert "do_sys_settimeofday64" in {f["name"] for f in m["livepatch"]["functions"]}
+    assert m["livepatch"]["klp_relocations"] >= 1  # firsttime, a local of the running kernel
+
+
 def test_syscall_visible_from_busybox(kernel_repo: KernelRepo) -> None:
     """uname(2): the body is an inlined __do_sys_newuname; its traceable wrapper is what
     gets replaced. copy_to_user is in there too."""
@@ -183,6 +197,28 @@ def test_unsafe_or_empty_changes_are_refused(kernel_repo: KernelRepo, name: str,
     k.commit_patch(name, edits)
     _, tarball, r = k.create(name, expect=code)
     assert reason in r.stderr, r.stderr
+    assert not tarball.exists()
+
+
+def test_symbol_version_disagreement_is_refused(kernel_repo: KernelRepo, tmp_path) -> None:
+    """A module whose symbol CRCs differ from the running kernel's would not load: refused,
+    naming the symbol. (ORIG_CONFIG's Module.symvers is edited to disagree on seq_printf.)"""
+    import shutil
+
+    k = kernel_repo
+    orig = tmp_path / "orig"
+    shutil.copytree(k.running.orig_config, orig)
+    symvers = orig / "Module.symvers"
+    lines = []
+    for line in symvers.read_text().splitlines():
+        crc, name, rest = line.split("\t", 2)
+        if name == "seq_printf":
+            crc = f"0x{int(crc, 16) ^ 0x1:08x}"
+        lines.append("\t".join((crc, name, rest)))
+    symvers.write_text("\n".join(lines) + "\n")
+    k.commit_patch("symvers", dict([MEMINFO]))
+    _, tarball, r = k.create("symvers", f"--config={orig}", expect=65)
+    assert "seq_printf" in r.stderr and "CRC" in r.stderr, r.stderr
     assert not tarball.exists()
 
 
