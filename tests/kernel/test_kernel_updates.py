@@ -222,6 +222,24 @@ def test_symbol_version_disagreement_is_refused(kernel_repo: KernelRepo, tmp_pat
     assert not tarball.exists()
 
 
+def test_vermagic_mismatch_is_refused(kernel_repo: KernelRepo, tmp_path) -> None:
+    """ORIG_CONFIG describes another kernel release (its vmlinux says 6.1.193): the module
+    would be rejected, so the update is refused with both vermagic strings."""
+    import shutil
+
+    k = kernel_repo
+    orig = tmp_path / "orig"
+    shutil.copytree(k.running.orig_config, orig)
+    vmlinux = orig / "vmlinux"
+    data = vmlinux.read_bytes()
+    assert data.count(b"6.1.192 SMP mod_unload") == 1
+    vmlinux.write_bytes(data.replace(b"6.1.192 SMP mod_unload", b"6.1.193 SMP mod_unload"))
+    k.commit_patch("vermagic", dict([MEMINFO]))
+    _, tarball, r = k.create("vermagic", f"--config={orig}", expect=65)
+    assert "vermagic" in r.stderr and "6.1.193" in r.stderr, r.stderr
+    assert not tarball.exists()
+
+
 def test_two_updates_stacked_with_series(kernel_repo: KernelRepo) -> None:
     """Two updates on one running kernel: the second is built on the first's source, and
     both load together."""
