@@ -355,3 +355,18 @@ def expect_changed(run: DiffRun) -> None:
     in_out = text_symbols(run.out)
     for name in run.changed_names + run.new_names:
         assert name in in_out, f"{name} reported but not a text symbol of the output\n{in_out}"
+
+
+# The x86 kernel's BUG(): a ud2 and a 12-byte __bug_table entry (address, file, line, flags).
+BUG_MACRO = r"""
+#define MY_BUG()                                                   \
+    asm volatile("1: ud2\n"                                        \
+                 ".pushsection __bug_table,\"aw\"\n"               \
+                 "2: .long 1b - 2b\n"                              \
+                 ".long %c0 - 2b\n"                                \
+                 ".word %c1\n"                                     \
+                 ".word %c2\n"                                     \
+                 ".org 2b+%c3\n"                                   \
+                 ".popsection"                                     \
+                 : : "i"(__FILE__), "i"(__LINE__), "i"(0), "i"(12))
+"""

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine.conftest import (
+    BUG_MACRO,
     EXIT_ERROR,
     EXIT_REFUSED,
     EXIT_UNCHANGED,
@@ -466,17 +467,7 @@ def test_line_number_only_change_is_unchanged(bench: Workbench, user: str) -> No
 # 10, 11, 13: special sections
 
 
-BUG_TABLE = r"""
-#define MY_BUG()                                                   \
-    asm volatile("1: ud2\n"                                        \
-                 ".pushsection __bug_table,\"aw\"\n"               \
-                 "2: .long 1b - 2b\n"                              \
-                 ".long %c0 - 2b\n"                                \
-                 ".word %c1\n"                                     \
-                 ".word %c2\n"                                     \
-                 ".org 2b+%c3\n"                                   \
-                 ".popsection"                                     \
-                 : : "i"(__FILE__), "i"(__LINE__), "i"(0), "i"(12))
+BUG_TABLE = BUG_MACRO + r"""
 int bug_one(int x)
 {
     if (x < 0)

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine.conftest import (
+    BUG_MACRO,
     EXIT_CHANGED,
     EXIT_ERROR,
     EXIT_REFUSED,
@@ -376,17 +377,7 @@ def test_alternative_replacement_change(bench: Workbench) -> None:
 # 5: --entry-size
 
 
-BUG_TABLE = r"""
-#define MY_BUG()                                                   \
-    asm volatile("1: ud2\n"                                        \
-                 ".pushsection __bug_table,\"aw\"\n"               \
-                 "2: .long 1b - 2b\n"                              \
-                 ".long %c0 - 2b\n"                                \
-                 ".word %c1\n"                                     \
-                 ".word %c2\n"                                     \
-                 ".org 2b+%c3\n"                                   \
-                 ".popsection"                                     \
-                 : : "i"(__FILE__), "i"(__LINE__), "i"(0), "i"(12))
+BUG_TABLE = BUG_MACRO + r"""
 int bug_one(int x) { if (x < 0) MY_BUG(); return ext_work(x) + @K@; }
 int bug_two(int x) { if (x > 100) MY_BUG(); return ext_work(x) * 2; }
 """
