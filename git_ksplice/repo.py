@@ -19,7 +19,6 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pygit2
@@ -47,12 +46,6 @@ _LOCAL_ENV = ("GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_CONFIG", "GIT_OBJECT_DIRE
 
 class GitError(KspliceError):
     pass
-
-
-@dataclass(frozen=True)
-class Ref:
-    name: str
-    oid: str | None
 
 
 class Repo:
@@ -140,10 +133,6 @@ class Repo:
             raise InputError(f"bad value for {key}: {r.stderr.strip()}")
         return r.stdout.rstrip("\n")
 
-    def config_all(self, key: str) -> list[str]:
-        r = self.git("config", "--get-all", key, check=False)
-        return r.stdout.splitlines() if r.returncode == 0 else []
-
     # -- objects -------------------------------------------------------------------------
 
     def resolve_commit(self, rev: str) -> str | None:
@@ -164,11 +153,6 @@ class Repo:
     def diff_patch(self, old: str, new: str) -> str:
         return self.git("diff", "--no-color", "--no-ext-diff", "--binary", old, new,
                         isolated=True).stdout
-
-    def changed_paths(self, old: str, new: str) -> list[str]:
-        out = self.git("diff", "--name-only", "-z", "--no-renames", old, new,
-                       isolated=True).stdout
-        return [p for p in out.split("\0") if p]
 
     def tree_with_files(self, base: str, files: dict[str, bytes | None]) -> str:
         """The tree of commit `base` with `files` replaced (None: removed), in memory: no

@@ -13,7 +13,6 @@ from typing import Any
 from rich.console import Console
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
-stdout_console = Console(highlight=False, soft_wrap=True)
 
 
 def print_json(document: dict[str, Any]) -> None:

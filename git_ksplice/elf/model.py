@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import bisect
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,9 +189,6 @@ class Section:
             i -= 1
         return fallback
 
-    def invalidate_symbol_index(self) -> None:
-        self._starts = None
-
     def string_at(self, offset: int) -> bytes:
         end = self.data.find(b"\0", offset)
         return self.data[offset : end if end >= 0 else len(self.data)]
@@ -214,9 +210,6 @@ class ElfObject:
             if sec.name == name:
                 return sec
         return None
-
-    def functions(self) -> Iterator[Symbol]:
-        return (s for s in self.symbols if s.type == STT_FUNC and s.defined)
 
 
 def empty_object(path: str) -> ElfObject:

@@ -121,7 +121,7 @@ def classify(sec: Section) -> Kind:
         return Kind.PERCPU
     if sec.flags & SHF_STRINGS or name.startswith(".rodata.str") or name == "__tracepoints_strings":
         return Kind.STRINGS
-    if name.startswith((".rodata", ".data.rel.ro")) or name == ".init.rodata":
+    if name.startswith((".rodata", ".data.rel.ro")):
         return Kind.RODATA
     if name in _DATA_NAMES or name.startswith((".data", ".bss", ".tbss", ".tdata")):
         return Kind.DATA

@@ -37,7 +37,6 @@ from git_ksplice.elf.model import (
     STT_OBJECT,
     ElfObject,
     Reloc,
-    Section,
     Symbol,
     read_object,
 )
@@ -379,5 +378,5 @@ def check_versions(ko: Path, orig_symvers: Path) -> list[str]:
     return bad
 
 
-__all__ = ["ModuleBuild", "PatchedObject", "Section", "build_module", "check_module",
+__all__ = ["ModuleBuild", "PatchedObject", "build_module", "check_module",
            "check_versions"]
