@@ -49,34 +49,37 @@ def _create_options(f):
         click.option("--git", "git_commit", metavar="COMMIT", help="Build the change "
                      "refs/ksplice/pre..COMMIT (same as COMMIT)."),
         click.option("--prebuild", is_flag=True, help="Only build the pristine tree."),
-        click.option("--series/--no-series", default=False, help="Stack: the next update "
-                     "builds on this one (refs/ksplice/pre advances)."),
+        click.option("--series/--no-series", default=None, help="Stack: the next update "
+                     "builds on this one (refs/ksplice/pre advances; default: ksplice.series)."),
         click.option("--id", "update_id", metavar="ID", help="Update id (default: 8 random "
                      "characters)."),
         click.option("--description", metavar="TEXT", help="What the update fixes."),
         click.option("-j", "--jobs", type=int, metavar="N", help="make jobs "
                      "(default: CONCURRENCY_LEVEL, ksplice.jobs, or the number of CPUs)."),
         click.option("-v", "--verbose", count=True, help="Show the build's output (-vv: "
-                     "make V=1)."),
+                     "make V=1; default: ksplice.verbose)."),
         click.option("--config", "config", metavar="ORIG_CONFIG", help="Directory describing "
-                     "the running kernel (.config, System.map; default <source>/ksplice)."),
-        click.option("--build-modules/--no-build-modules", default=False, help="Also ship "
-                     "the patched modules' .ko files."),
+                     "the running kernel (.config, System.map; default: ksplice.config, or "
+                     "<source>/ksplice)."),
+        click.option("--build-modules/--no-build-modules", default=None, help="Also ship "
+                     "the patched modules' .ko files (default: ksplice.buildModules)."),
         click.option("--only-targets", multiple=True, metavar="PAT", help="Only patch these "
-                     "targets (vmlinux, module names; % wildcards)."),
+                     "targets (vmlinux, module names; % wildcards; ksplice.onlyTargets)."),
         click.option("--extra-match", multiple=True, metavar="PAT", help="Also ship these "
-                     "unchanged objects' pristine builds for checking (% wildcards)."),
+                     "unchanged objects' pristine builds for checking (% wildcards; "
+                     "ksplice.extraMatch)."),
         click.option("--exclude-match", multiple=True, metavar="PAT", help="Remove objects "
-                     "from --extra-match."),
+                     "from --extra-match (ksplice.excludeMatch)."),
         click.option("--skip-prebuild", is_flag=True, help="Use the pristine build as it is."),
         click.option("--patch-opt", "patch_opts", multiple=True, metavar="OPT",
-                     help="Option for patch(1) (repeatable; replaces the default -p1)."),
+                     help="Option for patch(1) (repeatable; replaces the default -p1; "
+                     "ksplice.patchOpt)."),
         click.option("-o", "--output", metavar="DIR", help="Where to write the tarball "
                      "(default: ksplice.outputDir, or .git/ksplice/updates)."),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON document on "
                      "stdout."),
-        click.option("--wait/--no-wait", default=True, help="Wait for another create on this "
-                     "repository to finish (default), or fail at once."),
+        click.option("--wait/--no-wait", default=None, help="Wait for another create on this "
+                     "repository to finish (default; ksplice.wait), or fail at once."),
     ]):
         f = decorator(f)
     return f
@@ -135,8 +138,9 @@ def view_cmd(tarball: str | None, update_id: str | None, as_json: bool) -> None:
 
 @cli.command("try")
 @click.argument("tarball", type=click.Path(dir_okay=False))
-@click.option("--kernel", required=True, metavar="BZIMAGE", type=click.Path(dir_okay=False),
-              help="The running kernel's image (the kernel the update is for).")
+@click.option("--kernel", metavar="BZIMAGE", type=click.Path(dir_okay=False),
+              help="The running kernel's image (the kernel the update is for; default: "
+                   "ksplice.kernel).")
 @click.option("--check", metavar="SCRIPT", type=click.Path(dir_okay=False),
               help="Shell script run in the guest: must fail before the update, pass with "
                    "it, fail again once it is removed.")
@@ -153,6 +157,15 @@ def try_cmd(tarball: str, kernel: str, check: str | None, modules: tuple[str, ..
     """
     from git_ksplice.commands.try_update import run
 
+    if kernel is None:
+        import subprocess
+
+        r = subprocess.run(["git", "config", "--type=path", "--get", "ksplice.kernel"],
+                           capture_output=True, text=True)
+        kernel = r.stdout.strip() or None
+        if kernel is None:
+            raise click.UsageError("give the running kernel's image: --kernel BZIMAGE (or "
+                                   "set ksplice.kernel)")
     sys.exit(run(tarball, kernel, check, modules, timeout, as_json, keep))
 
 
@@ -163,6 +176,77 @@ def series_cmd(as_json: bool) -> None:
     from git_ksplice.commands.view import run_series
 
     sys.exit(run_series(as_json))
+
+
+@cli.group("hook")
+def hook_group() -> None:
+    """Build an update for every new commit on watched branches, in the background.
+
+    The hook queues; one worker per repository builds, oldest commit first, and logs to the
+    common git dir (ksplice/logs/hook/). Settings: ksplice.watch (multi-valued),
+    ksplice.hookSeries.
+    """
+
+
+@hook_group.command("install")
+@click.option("-b", "--branch", "branches", multiple=True, metavar="BRANCH",
+              help="Watch this branch (repeatable; a local branch, REMOTE/BRANCH, or a full "
+                   "ref; default: ksplice.watch, or the current branch). Replaces "
+                   "ksplice.watch.")
+@click.option("--series/--no-series", default=None, help="Stack the updates: each one builds "
+              "on the previous (sets ksplice.hookSeries).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def hook_install_cmd(branches: tuple[str, ...], series: bool | None, as_json: bool) -> None:
+    """Add git-ksplice to the repository's reference-transaction hook."""
+    from git_ksplice.commands.hook import install
+    from git_ksplice.repo import Repo
+
+    sys.exit(install(Repo.discover(), list(branches), series, as_json))
+
+
+@hook_group.command("uninstall")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def hook_uninstall_cmd(as_json: bool) -> None:
+    """Remove what install added (the hook block, ksplice.watch, ksplice.hookSeries)."""
+    from git_ksplice.commands.hook import uninstall
+    from git_ksplice.repo import Repo
+
+    sys.exit(uninstall(Repo.discover(), as_json))
+
+
+@hook_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def hook_status_cmd(as_json: bool) -> None:
+    """Show queued, running, built and failed updates, with their logs."""
+    from git_ksplice.commands.hook import status
+    from git_ksplice.repo import Repo
+
+    sys.exit(status(Repo.discover(), as_json))
+
+
+@hook_group.command("retry")
+@click.argument("ids", nargs=-1, metavar="[ID]...")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def hook_retry_cmd(ids: tuple[str, ...], as_json: bool) -> None:
+    """Queue failed builds again (default: every failed one)."""
+    from git_ksplice.commands.hook import retry
+    from git_ksplice.repo import Repo
+
+    sys.exit(retry(Repo.discover(), list(ids), as_json))
+
+
+@cli.command("completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh"]))
+def completion_cmd(shell: str) -> None:
+    """Print the shell completion script for SHELL.
+
+    For bash: `git ksplice completion bash > ~/.local/share/bash-completion/completions/git-ksplice`
+    (git's own completion then completes `git ksplice` too). For zsh: write it as `_git-ksplice`
+    in a directory of $fpath.
+    """
+    from git_ksplice.completion import script
+
+    sys.stdout.write(script(shell, cli))
 
 
 @click.command("ksplice-create", context_settings={"help_option_names": ["-h", "--help", "-?"]})

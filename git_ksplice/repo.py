@@ -133,6 +133,13 @@ class Repo:
             raise InputError(f"bad value for {key}: {r.stderr.strip()}")
         return r.stdout.rstrip("\n")
 
+    def config_all(self, key: str) -> list[str]:
+        """Every value of a multi-valued setting, in git's order."""
+        r = self.git("config", "--get-all", key, check=False)
+        if r.returncode not in (0, 1):
+            raise InputError(f"bad value for {key}: {r.stderr.strip()}")
+        return r.stdout.splitlines()
+
     # -- objects -------------------------------------------------------------------------
 
     def resolve_commit(self, rev: str) -> str | None:

@@ -64,13 +64,16 @@ class CreateOptions:
     patch: str | None = None
     diffext: str | None = None
     prebuild: bool = False
-    series: bool = False
+    #: None: from git config (ksplice.series, ksplice.buildModules, ksplice.wait), else off
+    #: (wait: on); empty lists likewise (ksplice.onlyTargets, ksplice.extraMatch,
+    #: ksplice.excludeMatch, ksplice.patchOpt, all multi-valued).
+    series: bool | None = None
     id: str | None = None
     description: str | None = None
     jobs: int | None = None
     verbose: int = 0
     config: str | None = None
-    build_modules: bool = False
+    build_modules: bool | None = None
     only_targets: list[str] = field(default_factory=list)
     extra_match: list[str] = field(default_factory=list)
     exclude_match: list[str] = field(default_factory=list)
@@ -78,7 +81,7 @@ class CreateOptions:
     patch_opts: list[str] = field(default_factory=list)
     output: str | None = None
     as_json: bool = False
-    wait: bool = True
+    wait: bool | None = None
     #: Where relative paths (--patch, --config, -o) are resolved: the user's directory.
     cwd: str = field(default_factory=os.getcwd)
     #: Where the repository is found (ksplice-create's KERNEL_SOURCE); default `cwd`.
@@ -96,6 +99,26 @@ def _modes(opts: CreateOptions) -> list[str]:
     if opts.prebuild:
         modes.append("--prebuild")
     return modes
+
+
+#: Options that are settings too: (field, git config key). Scalars apply when the option was
+#: not given; lists when it was given no value.
+SETTINGS_BOOL = (("series", "ksplice.series", False), ("build_modules", "ksplice.buildModules",
+                                                       False), ("wait", "ksplice.wait", True))
+SETTINGS_LIST = (("only_targets", "ksplice.onlyTargets"), ("extra_match", "ksplice.extraMatch"),
+                 ("exclude_match", "ksplice.excludeMatch"), ("patch_opts", "ksplice.patchOpt"))
+
+
+def _apply_settings(repo: Repo, opts: CreateOptions) -> None:
+    for name, key, default in SETTINGS_BOOL:
+        if getattr(opts, name) is None:
+            value = repo.config(key, type="bool")
+            setattr(opts, name, default if value is None else value == "true")
+    for name, key in SETTINGS_LIST:
+        if not getattr(opts, name):
+            setattr(opts, name, repo.config_all(key))
+    if not opts.verbose:
+        opts.verbose = min(int(repo.config("ksplice.verbose", type="int") or 0), 2)
 
 
 def _jobs(repo: Repo, opts: CreateOptions) -> int:
@@ -187,6 +210,7 @@ def _run(opts: CreateOptions) -> int:
         raise InputError("give one change at a time: " + " and ".join(modes) + " were given",
                          hint="use one of COMMIT, --git, --patch, --diffext or --prebuild")
     repo = Repo.discover(opts.source or opts.cwd)
+    _apply_settings(repo, opts)
     update_id = opts.id if opts.id is not None else _new_id()
     if not _ID.match(update_id):
         raise InputError(f"--id={update_id!r}: an update id is 1 to 32 characters of a-z, "

@@ -1,0 +1,251 @@
+"""`git ksplice hook install | uninstall | status | retry`: automatic update builds.
+
+Install adds one marked block to the repository's `reference-transaction` hook, wherever git
+looks for hooks (`core.hooksPath` included), next to whatever the user's hook already does;
+uninstall removes that block and nothing else. The queue and the worker are in
+`git_ksplice.hooks`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from git_ksplice import hooks, ui
+from git_ksplice.errors import EXIT_OK, InputError
+from git_ksplice.repo import REF_PRE, Repo
+
+_SHELLS = ("sh", "bash", "dash", "ksh", "zsh", "ash", "busybox")
+
+
+def hook_path(repo: Repo) -> Path:
+    """Where git runs the hook from: `core.hooksPath` or the common dir's hooks/."""
+    out = repo.git("rev-parse", "--path-format=absolute", "--git-path",
+                   f"hooks/{hooks.HOOK_NAME}", cwd=_cwd(repo)).stdout.strip()
+    return Path(out)
+
+
+def _cwd(repo: Repo) -> Path:
+    return repo.toplevel or repo.git_dir
+
+
+def _has_block(text: str) -> bool:
+    return hooks.BEGIN in text
+
+
+def _is_shell_script(text: str) -> bool:
+    first = text.splitlines()[0] if text else ""
+    if not first.startswith("#!"):
+        return True  # git runs a script without #! through sh
+    words = first[2:].split()
+    if not words:
+        return True
+    prog = Path(words[0]).name
+    if prog == "env" and len(words) > 1:
+        prog = Path(words[1]).name
+    return prog in _SHELLS
+
+
+def _block() -> str:
+    return f"{hooks.BEGIN}\n{hooks.hook_line()}\n{hooks.END}\n"
+
+
+def install(repo: Repo, branches: list[str], series: bool | None, as_json: bool) -> int:
+    cwd = str(_cwd(repo))
+    if branches:
+        repo.git("config", "--unset-all", "ksplice.watch", cwd=_cwd(repo), check=False)
+        for b in branches:
+            repo.git("config", "--add", "ksplice.watch", b, cwd=_cwd(repo))
+    elif not _watch_values(repo):
+        head = repo.git("symbolic-ref", "-q", "--short", "HEAD", cwd=_cwd(repo),
+                        check=False).stdout.strip()
+        if not head:
+            raise InputError("HEAD is not on a branch: which branch should be watched?",
+                             hint="git ksplice hook install --branch BRANCH")
+        repo.git("config", "--add", "ksplice.watch", head, cwd=_cwd(repo))
+    if series is not None:
+        repo.git("config", "--type=bool", "ksplice.hookSeries", str(series).lower(),
+                 cwd=_cwd(repo))
+
+    path = hook_path(repo)
+    text = path.read_text(errors="replace") if path.exists() else ""
+    if path.exists() and not os.access(path, os.X_OK) and not _has_block(text):
+        raise InputError(f"{path} exists but is not executable, so git does not run it",
+                         hint="make it executable (chmod +x) or remove it, then install "
+                              "again")
+    if not _has_block(text):
+        if text and not _is_shell_script(text):
+            raise InputError(
+                f"{path} is not a shell script: git-ksplice can add itself only to shell "
+                "hooks", hint="add this line to your hook yourself, where it runs for "
+                f"every call:\n  {hooks.hook_line()}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if text:
+            # After the #! line: the block runs even if the user's script exits early, and
+            # it reads nothing from stdin, which stays the user's script's.
+            lines = text.splitlines(keepends=True)
+            head = lines[0] if lines[0].startswith("#!") else ""
+            rest = "".join(lines[1:] if head else lines)
+            new = head + (("\n" if not head.endswith("\n") else "") if head else "") \
+                + _block() + rest
+        else:
+            new = "#!/bin/sh\n" + _block()
+        tmp = path.with_name(path.name + ".ksplice-tmp")
+        tmp.write_text(new)
+        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o755
+        tmp.chmod(mode)
+        tmp.replace(path)
+    else:
+        # Already there: refresh the line (the interpreter may have moved).
+        start, end = text.index(hooks.BEGIN), text.index(hooks.END) + len(hooks.END) + 1
+        new = text[:start] + _block() + text[end:]
+        if new != text:
+            path.write_text(new)
+
+    pre = repo.ref(REF_PRE)
+    watch = hooks.watched_refs(_watch_values(repo), set(repo.refs("refs/")))
+    missing = [r for r in watch if repo.ref(r) is None]
+    present = [r for r in watch if r not in missing]
+    if pre is None and present:
+        # Otherwise `create` would take HEAD on first use: in a hook, the new commit itself.
+        tip = repo.ref(present[0])
+        assert tip is not None
+        repo.update_ref(REF_PRE, tip, None, f"ksplice hook install: {present[0]}")
+        ui.console.print(f"refs/ksplice/pre created at {present[0]} ({tip[:12]}): the running "
+                         "kernel's source (move it with `git update-ref refs/ksplice/pre "
+                         "COMMIT` if it is not)")
+    tips = hooks.record_tips(cwd)
+    series_on = repo.config("ksplice.hookSeries", type="bool") == "true"
+    if as_json:
+        ui.print_json({"schema": hooks.SCHEMA, "hook": str(path), "watch": watch,
+                       "series": series_on, "tips": tips})
+    else:
+        ui.console.print(f"installed {path}: watching {', '.join(watch)}"
+                         + (" (--series)" if series_on else ""))
+        for r in missing:
+            ui.console.print(f"  {r} does not exist yet: its first commits beyond "
+                             "refs/ksplice/pre will be built when it appears")
+    return EXIT_OK
+
+
+def _watch_values(repo: Repo) -> list[str]:
+    r = repo.git("config", "--get-all", "ksplice.watch", cwd=_cwd(repo), check=False)
+    return [v for v in r.stdout.splitlines() if v.strip()]
+
+
+def uninstall(repo: Repo, as_json: bool) -> int:
+    path = hook_path(repo)
+    removed = False
+    if path.exists():
+        text = path.read_text(errors="replace")
+        if _has_block(text):
+            start = text.index(hooks.BEGIN)
+            end = text.index(hooks.END, start) + len(hooks.END)
+            if text[end:end + 1] == "\n":
+                end += 1
+            rest = text[:start] + text[end:]
+            if rest.strip() in ("", "#!/bin/sh"):
+                path.unlink()  # only what we wrote is left
+            else:
+                path.write_text(rest)
+            removed = True
+    for key in ("ksplice.watch", "ksplice.hookSeries"):
+        repo.git("config", "--unset-all", key, cwd=_cwd(repo), check=False)
+    queue = hooks.Queue(repo.common_dir)
+    running = queue.worker_running()
+    if as_json:
+        ui.print_json({"schema": hooks.SCHEMA, "hook": str(path), "removed": removed,
+                       "worker": running})
+    else:
+        ui.console.print(f"removed git-ksplice from {path}" if removed
+                         else f"git-ksplice was not installed in {path}")
+        if running:
+            ui.console.print(f"the worker (pid {running}) finishes the jobs already queued")
+    return EXIT_OK
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def status(repo: Repo, as_json: bool) -> int:
+    queue = hooks.Queue(repo.common_dir)
+    path = hook_path(repo)
+    installed = path.exists() and _has_block(path.read_text(errors="replace"))
+    watch = hooks.watched_refs(_watch_values(repo), set(repo.refs("refs/")))
+    series_on = repo.config("ksplice.hookSeries", type="bool") == "true"
+    worker = queue.worker_running()
+    jobs = queue.jobs()
+    if worker is None:
+        for j in jobs:
+            if j.state == "running":
+                j.message = "interrupted: the worker is gone; the next worker runs it again"
+    if as_json:
+        ui.print_json({"schema": hooks.SCHEMA, "installed": installed, "hook": str(path),
+                       "watch": watch, "series": series_on,
+                       "worker": {"pid": worker, "log": str(queue.worker_log)},
+                       "jobs": [j.public() for j in jobs]})
+        return EXIT_OK
+    con = ui.console
+    con.print(f"hook: {'installed in ' + str(path) if installed else 'not installed'}"
+              + (f"; watching {', '.join(watch)}" if watch else "")
+              + (" (--series)" if series_on else ""))
+    con.print(f"worker: {'running, pid ' + str(worker) if worker else 'idle'} "
+              f"(log {queue.worker_log})")
+    if not jobs:
+        con.print("no updates queued yet")
+        return EXIT_OK
+    for j in jobs:
+        state = j.state + (f" (exit {j.exit_code})" if j.state == "failed" and j.exit_code
+                           else "")
+        con.print(f"#{j.seq} {j.id}  {state:<10} {j.commit[:12]} {j.subject}  "
+                  f"({j.ref.removeprefix('refs/heads/')})", markup=False)
+        times = f"queued {_when(j.queued_at)}"
+        if j.started_at:
+            times += f", started {_when(j.started_at)}"
+        if j.finished_at and j.started_at:
+            times += f", finished {_when(j.finished_at)} ({j.finished_at - j.started_at:.1f} s)"
+        con.print(f"    {times}", markup=False)
+        if j.message and j.state != "no-change":
+            con.print(f"    {j.message}", markup=False)
+        con.print(f"    log {j.log}", markup=False)
+        if j.tarball and j.state == "built":
+            con.print(f"    update {j.tarball}", markup=False)
+    if any(j.state == "failed" for j in jobs):
+        con.print("retry the failed builds with `git ksplice hook retry` (or retry ID...)")
+    return EXIT_OK
+
+
+def retry(repo: Repo, ids: list[str], as_json: bool) -> int:
+    queue = hooks.Queue(repo.common_dir)
+    with queue.locked():
+        jobs = queue.jobs()
+        by_id = {j.id: j for j in jobs}
+        unknown = [i for i in ids if i not in by_id]
+        if unknown:
+            raise InputError(f"no queued update with id {', '.join(unknown)}",
+                             hint="`git ksplice hook status` lists them")
+        chosen = [by_id[i] for i in ids] if ids else [j for j in jobs if j.state == "failed"]
+        bad = [j for j in chosen if j.state not in ("failed", "skipped")]
+        if bad and ids:
+            raise InputError(f"update {bad[0].id} is {bad[0].state}, not failed: only failed "
+                             "builds are retried")
+        pre = repo.ref(REF_PRE)
+        for j in chosen:
+            if j.series and pre and repo.is_ancestor(j.commit, pre):
+                raise InputError(f"update {j.id} ({j.commit[:12]}) cannot be rebuilt as part "
+                                 "of the series: refs/ksplice/pre already contains it",
+                                 hint="build it by hand against another base, or leave it")
+        for j in chosen:
+            j.state, j.message, j.exit_code = "queued", "queued again by retry", None
+            j.started_at = j.finished_at = None
+            queue.save(j)
+    if chosen and queue.worker_running() is None:
+        hooks.spawn_worker(repo.common_dir)
+    if as_json:
+        ui.print_json({"schema": hooks.SCHEMA, "queued": [j.public() for j in chosen]})
+    else:
+        ui.console.print("queued again: " + (", ".join(j.id for j in chosen) or "nothing "
+                                             "(no failed build)"))
+    return EXIT_OK

@@ -1,0 +1,458 @@
+"""Automatic builds: a git hook queues an update for each new commit on a watched branch, and
+one background worker per repository builds them, oldest first.
+
+Why one `reference-transaction` hook: it is the only hook git runs for every way a branch
+moves (commit, merge, rebase, reset, `fetch` into a branch or a remote-tracking ref, and a
+push received by a bare repository), so it is the only one that cannot miss a move. It runs
+for every ref update of every command, twice, so the line we put in it does nothing unless
+the transaction is `committed`, and `notify` only compares the watched refs with the tips it
+saw last (a few `git` calls) before it returns; it never builds. It imports nothing but the
+standard library, for the same reason.
+
+The queue lives in the common git dir (`ksplice/hook/`): one JSON file per job, named by its
+sequence number, so the order is the order the commits landed and a commit is queued once.
+The worker is a detached process (its own session, no terminal, its own log), so closing the
+terminal or a slow build never affects the git command that queued it. It takes a lock: at
+most one worker per repository, and a job left `running` by a worker that died is found by
+the next one and run again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import site
+import string
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+HOOK_NAME = "reference-transaction"
+BEGIN = ("# >>> git-ksplice: added by `git ksplice hook install`; "
+         "`git ksplice hook uninstall` removes it")
+END = "# <<< git-ksplice"
+#: Set in the worker's environment: the refs its own builds move are not news.
+WORKER_ENV = "GIT_KSPLICE_HOOK_WORKER"
+SCHEMA = 1
+
+#: queued -> running -> built | no-change | failed | skipped; `retry` puts failed back.
+STATES = ("queued", "running", "built", "no-change", "failed", "skipped")
+
+_LOCAL_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_PREFIX", "GIT_COMMON_DIR",
+              "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+              "GIT_QUARANTINE_PATH", "GIT_REFLOG_ACTION", "GIT_EXEC_PATH_ORIG")
+
+
+@dataclass
+class Job:
+    seq: int
+    id: str
+    ref: str
+    commit: str
+    subject: str
+    series: bool
+    state: str = "queued"
+    queued_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    log: str = ""
+    tarball: str | None = None
+    message: str | None = None
+    attempts: int = 0
+    #: where and how to run git-ksplice: the directory the hook ran in, and the absolute
+    #: GIT_DIR / GIT_WORK_TREE it ran with (a bare server sets GIT_DIR=.)
+    cwd: str = ""
+    git_env: dict[str, str] = field(default_factory=dict)
+
+    def public(self) -> dict:
+        d = asdict(self)
+        d.pop("cwd")
+        d.pop("git_env")
+        return d
+
+
+def _git(*args: str, cwd: str | Path | None = None, env: dict[str, str] | None = None,
+         check: bool = True) -> str:
+    r = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)}: {r.stderr.strip()}")
+    return r.stdout if r.returncode == 0 else ""
+
+
+def watched_refs(values: list[str], known: set[str]) -> list[str]:
+    """`ksplice.watch` values as full ref names: `refs/...` as given, `REMOTE/BRANCH` when
+    such a remote-tracking ref exists, otherwise a local branch."""
+    out = []
+    for v in values:
+        v = v.strip()
+        if not v:
+            continue
+        if v.startswith("refs/"):
+            ref = v
+        elif f"refs/remotes/{v}" in known and f"refs/heads/{v}" not in known:
+            ref = f"refs/remotes/{v}"
+        else:
+            ref = f"refs/heads/{v}"
+        if ref not in out:
+            out.append(ref)
+    return out
+
+
+class Queue:
+    """The jobs of one repository, under `<common git dir>/ksplice/hook/`."""
+
+    def __init__(self, common_dir: Path) -> None:
+        self.common_dir = common_dir
+        self.dir = common_dir / "ksplice" / "hook"
+        self.jobs_dir = self.dir / "jobs"
+        self.logs_dir = common_dir / "ksplice" / "logs" / "hook"
+        self.tips_file = self.dir / "tips.json"
+        self.worker_log = self.logs_dir / "worker.log"
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """The queue's lock: held only while jobs or tips are read and written."""
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "queue.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def jobs(self) -> list[Job]:
+        out = []
+        if not self.jobs_dir.is_dir():
+            return out
+        for p in sorted(self.jobs_dir.glob("*.json")):
+            try:
+                out.append(Job(**json.loads(p.read_text())))
+            except (ValueError, TypeError):
+                continue  # a torn write cannot happen (rename), but a hand edit can
+        return out
+
+    def save(self, job: Job) -> None:
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        path = self.jobs_dir / f"{job.seq:06d}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(job), indent=1, sort_keys=True) + "\n")
+        tmp.replace(path)
+
+    def tips(self) -> dict[str, str]:
+        try:
+            return json.loads(self.tips_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def save_tips(self, tips: dict[str, str]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.tips_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(tips, indent=1, sort_keys=True) + "\n")
+        tmp.replace(self.tips_file)
+
+    # -- the worker's lock -----------------------------------------------------------------
+
+    def worker_running(self) -> int | None:
+        """The pid of the running worker, or None. Read from the pid it writes, not by
+        probing its lock: a probe could make a worker starting that instant give up."""
+        try:
+            text = (self.dir / "worker.lock").read_text().strip()
+            cmdline = Path(f"/proc/{int(text)}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        return int(text) if b"git_ksplice.hooks" in cmdline else None
+
+    def try_worker_lock(self):
+        """The worker lock's open file when we got it, else None."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        f = open(self.dir / "worker.lock", "a+")  # noqa: SIM115 (held across the run)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            return None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        return f
+
+
+# -- the repository, as the hook sees it ---------------------------------------------------------
+
+
+def _common_dir(cwd: str) -> Path:
+    out = _git("rev-parse", "--path-format=absolute", "--git-common-dir", cwd=cwd).strip()
+    return Path(out)
+
+
+def _config_all(key: str, cwd: str) -> list[str]:
+    return _git("config", "--get-all", key, cwd=cwd, check=False).splitlines()
+
+
+def _config_bool(key: str, cwd: str) -> bool:
+    return _git("config", "--type=bool", "--get", key, cwd=cwd, check=False).strip() == "true"
+
+
+def _ref_tips(cwd: str) -> dict[str, str]:
+    out = _git("for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/",
+               "refs/remotes/", cwd=cwd)
+    return {ref: oid for oid, ref in (line.split(" ", 1) for line in out.splitlines())}
+
+
+def is_ancestor(a: str, b: str, cwd: str, env: dict[str, str] | None = None) -> bool:
+    return subprocess.run(["git", "merge-base", "--is-ancestor", a, b], cwd=cwd, env=env,
+                          capture_output=True).returncode == 0
+
+
+def new_update_id() -> str:
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def _first_parent_commits(cwd: str, new: str, exclude: list[str]) -> list[str]:
+    """The commits as they landed on a branch, oldest first: a merge is one commit (its
+    update is everything the merge brought), the side branch's own commits are not."""
+    args = ["rev-list", "--first-parent", "--reverse", new]
+    if exclude:
+        args += ["--not", *exclude]
+    return _git(*args, cwd=cwd).split()
+
+
+def enqueue(cwd: str, env: dict[str, str] | None = None) -> list[Job]:
+    """Queue a job for each commit that landed on a watched ref since it was last seen.
+    Returns the new jobs."""
+    env = dict(os.environ if env is None else env)
+    values = _config_all("ksplice.watch", cwd)
+    if not values:
+        return []
+    queue = Queue(_common_dir(cwd))
+    tips_now = _ref_tips(cwd)
+    refs = watched_refs(values, set(tips_now))
+    series = _config_bool("ksplice.hookSeries", cwd)
+    git_env = {k: str(Path(cwd, env[k]).resolve()) for k in ("GIT_DIR", "GIT_WORK_TREE")
+               if env.get(k)}
+    new_jobs: list[Job] = []
+    with queue.locked():
+        seen = queue.tips()
+        if all(seen.get(r) == tips_now.get(r) for r in refs):
+            return []
+        jobs = queue.jobs()
+        known = {j.commit for j in jobs}
+        seq = max((j.seq for j in jobs), default=0)
+        pre = _git("rev-parse", "--verify", "-q", "refs/ksplice/pre", cwd=cwd,
+                   check=False).strip()
+        for ref in refs:
+            old, new = seen.get(ref), tips_now.get(ref)
+            if new is None:
+                seen.pop(ref, None)
+                continue
+            if old == new:
+                continue
+            if old is None:
+                # First sight of this ref: what it has beyond the running kernel's source, if
+                # it builds on it; otherwise nothing (we do not build unrelated history).
+                if not pre or not is_ancestor(pre, new, cwd):
+                    seen[ref] = new
+                    continue
+                commits = _first_parent_commits(cwd, new, [pre])
+            else:
+                commits = _first_parent_commits(cwd, new, [old] + ([pre] if pre else []))
+            for commit in commits:
+                if commit in known:
+                    continue
+                seq += 1
+                subject = _git("log", "-1", "--format=%s", commit, cwd=cwd).strip()
+                uid = new_update_id()
+                job = Job(seq=seq, id=uid, ref=ref, commit=commit, subject=subject,
+                          series=series, queued_at=time.time(),
+                          log=str(queue.logs_dir / f"{seq:06d}-{uid}.log"),
+                          cwd=str(Path(cwd).resolve()), git_env=git_env)
+                queue.save(job)
+                known.add(commit)
+                new_jobs.append(job)
+            seen[ref] = new
+        queue.save_tips(seen)
+    return new_jobs
+
+
+def record_tips(cwd: str) -> dict[str, str]:
+    """Remember the watched refs where they are now: what is already there is not built."""
+    queue = Queue(_common_dir(cwd))
+    tips_now = _ref_tips(cwd)
+    refs = watched_refs(_config_all("ksplice.watch", cwd), set(tips_now))
+    with queue.locked():
+        tips = {r: tips_now[r] for r in refs if r in tips_now}
+        queue.save_tips(tips)
+    return tips
+
+
+# -- the worker ----------------------------------------------------------------------------------
+
+
+def _python_env() -> dict[str, str]:
+    """The environment of a git-ksplice process started from a hook: the user's, without
+    what ties it to the git command that ran the hook."""
+    env = {k: v for k, v in os.environ.items() if k not in _LOCAL_ENV}
+    env[WORKER_ENV] = "1"
+    return env
+
+
+def spawn_worker(common_dir: Path) -> None:
+    """Start the worker, detached: its own session (no terminal to hang up on it), no
+    inherited descriptors (a push must not wait for the build on the hook's stderr)."""
+    queue = Queue(common_dir)
+    queue.logs_dir.mkdir(parents=True, exist_ok=True)
+    with open(queue.worker_log, "a") as log:
+        subprocess.Popen([sys.executable, "-m", "git_ksplice.hooks", "worker", str(common_dir)],
+                         cwd=common_dir, env=_python_env(), stdin=subprocess.DEVNULL,
+                         stdout=log, stderr=log, start_new_session=True, close_fds=True)
+
+
+def _say(msg: str) -> None:
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{os.getpid()}] {msg}", flush=True)
+
+
+def worker(common_dir: Path) -> int:
+    """Run queued jobs one at a time, oldest first, until none is left."""
+    queue = Queue(common_dir)
+    while True:
+        lock = queue.try_worker_lock()
+        if lock is None:
+            return 0  # another worker has the queue; it will see our jobs
+        try:
+            with queue.locked():
+                for job in queue.jobs():
+                    if job.state == "running":  # its worker died: we hold the lock now
+                        _say(f"job {job.seq} ({job.id}) was interrupted: queued again")
+                        job.state = "queued"
+                        job.message = "interrupted; queued again"
+                        queue.save(job)
+            while True:
+                with queue.locked():
+                    todo = [j for j in queue.jobs() if j.state == "queued"]
+                    if not todo:
+                        break
+                    job = todo[0]
+                    job.state, job.started_at, job.finished_at = "running", time.time(), None
+                    job.attempts += 1
+                    queue.save(job)
+                _say(f"job {job.seq}: building {job.commit[:12]} as update {job.id}")
+                run_job(queue, job)
+                _say(f"job {job.seq}: {job.state}"
+                     + (f" ({job.message})" if job.message else ""))
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
+        # A job queued after our last look, whose own worker found the lock still ours,
+        # would wait for the next commit: look once more now that the lock is free.
+        if not any(j.state == "queued" for j in queue.jobs()):
+            return 0
+
+
+def run_job(queue: Queue, job: Job) -> None:
+    env = _python_env()
+    env.update(job.git_env)
+    Path(job.log).parent.mkdir(parents=True, exist_ok=True)
+    cwd = job.cwd if Path(job.cwd).is_dir() else str(queue.common_dir)
+    state, message, tarball, code = "failed", None, None, None
+    with open(job.log, "a") as log:
+        log.write(f"# git-ksplice hook: update {job.id} for {job.commit} ({job.subject}) "
+                  f"on {job.ref}, attempt {job.attempts}, "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        log.flush()
+        skip = None
+        if job.series:
+            pre = _git("rev-parse", "--verify", "-q", "refs/ksplice/pre", cwd=cwd, env=env,
+                       check=False).strip()
+            if pre and is_ancestor(job.commit, pre, cwd, env):
+                skip = ("already in refs/ksplice/pre: an update built after it includes "
+                        "its change")
+        if skip:
+            state, message = "skipped", skip
+            log.write(f"skipped: {skip}\n")
+        else:
+            # --json for the tarball's path, -v for a log with the build's output
+            cmd = [sys.executable, "-m", "git_ksplice", "create", job.commit, "--id", job.id,
+                   "--json", "-v", "--description", f"{job.subject} ({job.commit[:12]}, "
+                   f"{job.ref.removeprefix('refs/heads/')})"]
+            if job.series:
+                cmd.append("--series")
+            r = subprocess.run(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=log, text=True)
+            code = r.returncode
+            log.write(r.stdout)
+            if code == 0:
+                state = "built"
+                with contextlib.suppress(ValueError):
+                    tarball = json.loads(r.stdout).get("tarball")
+            elif code == 66:
+                state, message = "no-change", "the commit changes no compiled code"
+            else:
+                message = f"git ksplice create exited with {code}; see the log"
+        log.write(f"# {state}\n")
+    with queue.locked():
+        job.state, job.finished_at, job.exit_code = state, time.time(), code
+        job.message, job.tarball = message, tarball
+        queue.save(job)
+
+
+# -- the hook's line -----------------------------------------------------------------------------
+
+
+def hook_line() -> str:
+    """The command our block runs: this interpreter and, when the package is not installed
+    in it, the directory it is imported from."""
+    pkg_parent = str(Path(__file__).resolve().parents[1])
+    sites = set(site.getsitepackages()) | {site.getusersitepackages()}
+    py = _sh_quote(sys.executable)
+    prefix = ""
+    if pkg_parent not in sites:
+        prefix = f"PYTHONPATH={_sh_quote(pkg_parent)}${{PYTHONPATH:+:$PYTHONPATH}} "
+    return (f'[ "${{1-}}" != committed ] || {prefix}{py} -m git_ksplice.hooks notify '
+            "</dev/null || :")
+
+
+def _sh_quote(s: str) -> str:
+    return "'" + s.replace("'", "'\\''") + "'"
+
+
+def notify() -> int:
+    """What the hook runs: queue new commits, start a worker if none runs. Never fails the
+    git command: every problem becomes one line on stderr."""
+    if os.environ.get(WORKER_ENV):
+        return 0
+    try:
+        cwd = os.getcwd()
+        jobs = enqueue(cwd)
+        if jobs:
+            common = _common_dir(cwd)
+            if Queue(common).worker_running() is None:
+                spawn_worker(common)
+            ids = ", ".join(f"{j.id} ({j.commit[:12]})" for j in jobs)
+            print(f"git-ksplice: queued update{'s' if len(jobs) > 1 else ''} {ids}; "
+                  "see `git ksplice hook status`", file=sys.stderr)
+    except Exception as e:  # the user's git command must go on whatever happens here
+        print(f"git-ksplice hook: {e} (nothing was queued; `git ksplice hook status` "
+              "shows the queue)", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["notify"]:
+        return notify()
+    if argv[:1] == ["worker"] and len(argv) == 2:
+        return worker(Path(argv[1]))
+    print("usage: python -m git_ksplice.hooks notify | worker COMMON_GIT_DIR", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
