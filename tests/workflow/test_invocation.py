@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.workflow.conftest import (
+    DEMO_FIX,
     PROC_FIX,
     SYS_FIX,
     Kernel,
@@ -191,3 +192,69 @@ def test_orig_config_flags(warm_kernel: Kernel) -> None:
                         r"-fdata-sections' LD=ld", command), command
     prebuild = (k.state_dir / "logs/prebuild.log").read_text()
     assert "-DTINY_EXTRA=1" in prebuild.splitlines()[0], "the pristine tree was not rebuilt"
+
+
+def test_options_as_settings(warm_kernel: Kernel, tmp_path: Path) -> None:
+    """Options that are settings come from git config, `git -c` included; the command line
+    wins over them."""
+    k = warm_kernel
+    k.commit("demo: one more", DEMO_FIX)
+    r = k.ksplice("create", "--id", "cfg", "--json", git_args=(
+        "-c", "ksplice.buildModules=true", "-c", "ksplice.onlyTargets=demo"))
+    files = read_update(k.tarball("cfg"))
+    assert files["contents"] == b"target demo\nmodule demo modules/demo.ko\n"
+    assert json.loads(r.stdout)["series"] is False
+    k.ksplice("create", "--id", "cfg2", "--no-build-modules", "--only-targets=vmlinux",
+              git_args=("-c", "ksplice.buildModules=true", "-c", "ksplice.onlyTargets=demo"),
+              expect=66)
+    pre = k.rev("refs/ksplice/pre")
+    k.git("config", "ksplice.series", "true")
+    k.create("--id", "stacked")
+    assert k.rev("refs/ksplice/pre") == k.rev("HEAD") != pre
+    # patch(1) options, multi-valued.
+    k.git("config", "ksplice.series", "false")
+    patch = tmp_path / "fix.patch"
+    k.commit("proc: say more", PROC_FIX)
+    patch.write_text(k.git("diff", "--no-prefix", "HEAD~1", "HEAD"))
+    k.git("config", "--add", "ksplice.patchOpt", "-p0")
+    k.git("config", "--add", "ksplice.patchOpt", "--forward")
+    k.create("--patch", str(patch), "--id", "p0")
+    assert changed_functions(manifest(read_update(k.tarball("p0")))) == {
+        "fs/proc.o": ["proc_show"]}
+    r = k.ksplice("create", "--id", "bad", git_args=("-c", "ksplice.series=maybe"), expect=1)
+    assert "ksplice.series" in r.stderr
+
+
+def test_with_git_dir_and_work_tree(warm_kernel: Kernel, tmp_path: Path) -> None:
+    """GIT_DIR and GIT_WORK_TREE name the repository from anywhere (as scripts do)."""
+    k = warm_kernel
+    k.commit("proc: say more", PROC_FIX)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {"GIT_DIR": str(k.path / ".git"), "GIT_WORK_TREE": str(k.path)}
+    k.create("--id", "env", cwd=elsewhere, env=env)
+    assert changed_functions(manifest(read_update(k.tarball("env")))) == {
+        "fs/proc.o": ["proc_show"]}
+    assert list(elsewhere.iterdir()) == []
+    r = k.ksplice("series", "--json", cwd=elsewhere, env=env)
+    assert [u["id"] for u in json.loads(r.stdout)["series"]] == ["env"]
+
+
+def test_in_a_bare_repository(warm_kernel: Kernel, tmp_path: Path,
+                              running_kernel: Path) -> None:
+    """A server keeps only a bare repository: create builds there, ORIG_CONFIG configured."""
+    k = warm_kernel
+    k.commit("proc: say more", PROC_FIX)
+    bare = tmp_path / "server.git"
+    k.git("clone", "-q", "--bare", str(k.path), str(bare))
+    srv = Kernel(bare)
+    r = srv.ksplice("create", "--id", "nocfg", cwd=bare, check_state=(), expect=1)
+    assert "no working tree" in r.stderr and "ksplice.config" in r.stderr
+    srv.git("update-ref", "refs/ksplice/pre", "main~1")
+    srv.git("config", "ksplice.config", str(running_kernel))
+    r = srv.ksplice("create", "main", "--id", "bare", "--json", cwd=bare, check_state=())
+    tarball = Path(json.loads(r.stdout)["tarball"])
+    assert tarball == bare / "ksplice/updates/ksplice-bare.tar.gz"
+    assert changed_functions(manifest(read_update(tarball))) == {"fs/proc.o": ["proc_show"]}
+    r = srv.ksplice("view", "--id", "bare", cwd=bare, check_state=())
+    assert "proc_show" in r.stdout
