@@ -105,6 +105,38 @@ def test_static_local_state_survives_the_update(kernel_repo: KernelRepo) -> None
     assert m["livepatch"]["klp_relocations"] >= 1  # firsttime, a local of the running kernel
 
 
+NEXT_INO_CHECK = """
+a=$(readlink /proc/self/fd/1); b=$(readlink /proc/self/fd/1)
+a=${a#pipe:[}; a=${a%]}; b=${b#pipe:[}; b=${b%]}
+echo "pipe inodes $a $b"
+[ "$a" -gt $((0x40000000 + 1024)) ] && [ "$b" -gt "$a" ]
+"""
+
+
+def test_static_local_counter_keeps_counting(kernel_repo: KernelRepo) -> None:
+    """get_next_ino numbers pipes (and ramfs files, sockets...) from batches it takes off
+    `static atomic_t shared_last_ino`, a counter past 1024 by the time user space runs (each
+    CPU takes a batch first). The update takes every number from that counter itself and
+    marks it with bit 30: with the running kernel's counter a new pipe is numbered above
+    2^30 + 1024 and the next one higher still; a fresh copy of the counter would restart at
+    2^30 + 1."""
+    m = _prove(kernel_repo, "next-ino-counter", {"fs/inode.c": [
+        ("\tif (unlikely((res & (LAST_INO_BATCH-1)) == 0)) {\n"
+         "\t\tstatic atomic_t shared_last_ino;\n"
+         "\t\tint next = atomic_add_return(LAST_INO_BATCH, &shared_last_ino);\n\n"
+         "\t\tres = next - LAST_INO_BATCH;\n",
+         "\tif (1) {\n"
+         "\t\tstatic atomic_t shared_last_ino;\n"
+         "\t\tint next = atomic_add_return(1, &shared_last_ino);\n\n"
+         "\t\tres = next - 1;\n"),
+        ("\tput_cpu_var(last_ino);\n\treturn res;\n}\nEXPORT_SYMBOL(get_next_ino);",
+         "\tput_cpu_var(last_ino);\n\treturn res | 0x40000000;\n}\n"
+         "EXPORT_SYMBOL(get_next_ino);")]},
+        NEXT_INO_CHECK)
+    assert "get_next_ino" in {f["name"] for f in m["livepatch"]["functions"]}
+    assert m["livepatch"]["klp_relocations"] >= 1  # shared_last_ino, the running kernel's
+
+
 def test_syscall_visible_from_busybox(kernel_repo: KernelRepo) -> None:
     """uname(2): the body is an inlined __do_sys_newuname; its traceable wrapper is what
     gets replaced. copy_to_user is in there too."""
