@@ -180,7 +180,8 @@ def status(repo: Repo, as_json: bool) -> int:
     if worker is None:
         for j in jobs:
             if j.state == "running":
-                j.message = "interrupted: the worker is gone; the next worker runs it again"
+                j.message = ("interrupted: the worker is gone; the next worker (or `git "
+                             "ksplice hook retry`) runs it again")
     if as_json:
         ui.print_json({"schema": hooks.SCHEMA, "installed": installed, "hook": str(path),
                        "watch": watch, "series": series_on,
@@ -226,11 +227,16 @@ def retry(repo: Repo, ids: list[str], as_json: bool) -> int:
         if unknown:
             raise InputError(f"no queued update with id {', '.join(unknown)}",
                              hint="`git ksplice hook status` lists them")
-        chosen = [by_id[i] for i in ids] if ids else [j for j in jobs if j.state == "failed"]
-        bad = [j for j in chosen if j.state not in ("failed", "skipped")]
+        # A job left running by a worker that is gone was interrupted: retried like a failure.
+        interrupted = ("running",) if queue.worker_running() is None else ()
+        retryable = ("failed", "skipped", *interrupted)
+        default = ("failed", *interrupted)
+        chosen = ([by_id[i] for i in ids] if ids
+                  else [j for j in jobs if j.state in default])
+        bad = [j for j in chosen if j.state not in retryable]
         if bad and ids:
             raise InputError(f"update {bad[0].id} is {bad[0].state}, not failed: only failed "
-                             "builds are retried")
+                             "(or interrupted) builds are retried")
         pre = repo.ref(REF_PRE)
         for j in chosen:
             if j.series and pre and repo.is_ancestor(j.commit, pre):

@@ -298,3 +298,39 @@ def test_hook_commands_from_anywhere_in_the_repository(warm_kernel: Kernel, tmp_
         c1 = k.commit("proc: say more", PROC_FIX, root=cwd)
         git_cmd(k, "push", "-q", ".", "wt-branch:main", cwd=cwd)
         assert [j["commit"] for j in wait_idle(k)] == [c1]
+
+
+def test_a_worker_killed_mid_build_is_repaired(warm_kernel: Kernel, tmp_path: Path,
+                                              fake_make) -> None:
+    """kill -9 of the worker (and its build) leaves the job `running`; status says it was
+    interrupted, `hook retry` runs it again, and the build tree is repaired on the way."""
+    import signal
+
+    k = warm_kernel
+    k.ksplice("hook", "install", check_state=())
+    building = tmp_path / "building"
+    slow = fake_make("slow", f"touch {building}; sleep 60")
+    k.edit("fs/proc.c", *PROC_FIX["fs/proc.c"])
+    k.git("add", "fs/proc.c")
+    env = dict(os.environ, PATH=f"{slow}{os.pathsep}{os.environ['PATH']}")
+    r = subprocess.run(["git", "commit", "-q", "-m", "proc: say more"], cwd=k.path, env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, explain(r)
+    deadline = time.monotonic() + 60
+    while not building.exists():
+        assert time.monotonic() < deadline, "the background build never started make"
+        time.sleep(0.1)
+    doc = status(k)
+    pid = doc["worker"]["pid"]
+    assert pid and [j["state"] for j in doc["jobs"]] == ["running"]
+    os.killpg(pid, signal.SIGKILL)  # the worker leads its own session: all of it goes
+    deadline = time.monotonic() + 10
+    while status(k)["worker"]["pid"] is not None:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    text = k.ksplice("hook", "status", check_state=()).stderr
+    assert "interrupted" in text and "hook retry" in text
+    k.ksplice("hook", "retry", check_state=())
+    jobs = wait_idle(k)
+    assert [(j["state"], j["attempts"]) for j in jobs] == [("built", 2)]
+    k.assert_tree_clean()
