@@ -41,6 +41,8 @@ END = "# <<< git-ksplice"
 WORKER_ENV = "GIT_KSPLICE_HOOK_WORKER"
 SCHEMA = 1
 
+#: A for-each-ref pattern that matches no ref (see Queue.save_fast_path).
+_NO_REF = "refs/ksplice/hook/no-such-ref"
 #: queued -> running -> built | no-change | failed | skipped; `retry` puts failed back.
 STATES = ("queued", "running", "built", "no-change", "failed", "skipped")
 
@@ -157,6 +159,22 @@ class Queue:
         tmp.write_text(json.dumps(tips, indent=1, sort_keys=True) + "\n")
         tmp.replace(self.tips_file)
 
+    def save_fast_path(self, values: list[str], refs: list[str],
+                       tips_now: dict[str, str]) -> None:
+        """What the hook's shell line compares before it starts Python: `refs` (the patterns
+        for `git for-each-ref`; the first matches nothing, so the list is never empty, which
+        would list every ref) and `state`, the text that `git config --get-all ksplice.watch;
+        git for-each-ref ... $(cat refs)` printed when we last looked. Written from the tips
+        this run acted on, not read again: a ref that moved since must not match."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        lines = list(values) + [f"{tips_now[r]} {r}" for r in sorted(set(refs))
+                                if r in tips_now]
+        for name, text in (("refs", "\n".join([_NO_REF, *refs]) + "\n"),
+                           ("state", "\n".join(lines))):
+            tmp = self.dir / f"{name}.tmp"
+            tmp.write_text(text)
+            tmp.replace(self.dir / name)
+
     # -- the worker's lock -----------------------------------------------------------------
 
     def worker_running(self) -> int | None:
@@ -231,16 +249,19 @@ def enqueue(cwd: str, env: dict[str, str] | None = None) -> list[Job]:
     Returns the new jobs."""
     env = dict(os.environ if env is None else env)
     values = _config_all("ksplice.watch", cwd)
-    if not values:
-        return []
     queue = Queue(_common_dir(cwd))
     tips_now = _ref_tips(cwd)
     refs = watched_refs(values, set(tips_now))
+    if not values:
+        with queue.locked():
+            queue.save_fast_path(values, refs, tips_now)
+        return []
     series = _config_bool("ksplice.hookSeries", cwd)
     git_env = {k: str(Path(cwd, env[k]).resolve()) for k in ("GIT_DIR", "GIT_WORK_TREE")
                if env.get(k)}
     new_jobs: list[Job] = []
     with queue.locked():
+        queue.save_fast_path(values, refs, tips_now)
         seen = queue.tips()
         if all(seen.get(r) == tips_now.get(r) for r in refs):
             return []
@@ -291,6 +312,7 @@ def record_tips(cwd: str) -> dict[str, str]:
     with queue.locked():
         tips = {r: tips_now[r] for r in refs if r in tips_now}
         queue.save_tips(tips)
+        queue.save_fast_path(_config_all("ksplice.watch", cwd), refs, tips_now)
     return tips
 
 
@@ -361,7 +383,10 @@ def run_job(queue: Queue, job: Job) -> None:
     env = _python_env()
     env.update(job.git_env)
     Path(job.log).parent.mkdir(parents=True, exist_ok=True)
-    cwd = job.cwd if Path(job.cwd).is_dir() else str(queue.common_dir)
+    cwd = job.cwd
+    if not Path(cwd).is_dir():  # a linked worktree removed since: the main one, or the bare
+        common = queue.common_dir
+        cwd = str(common.parent if common.name == ".git" else common)
     state, message, tarball, code = "failed", None, None, None
     with open(job.log, "a") as log:
         log.write(f"# git-ksplice hook: update {job.id} for {job.commit} ({job.subject}) "
@@ -407,17 +432,30 @@ def run_job(queue: Queue, job: Job) -> None:
 # -- the hook's line -----------------------------------------------------------------------------
 
 
-def hook_line() -> str:
-    """The command our block runs: this interpreter and, when the package is not installed
-    in it, the directory it is imported from."""
+def hook_lines() -> str:
+    """Our block's body. Only for a `committed` transaction, and only when the watched refs
+    (or ksplice.watch) differ from what the last run saw: three `git` calls in the shell,
+    not a Python start, for the commands that move nothing watched (most of them). Then this
+    interpreter runs `notify`, with the directory the package is imported from when it is
+    not installed in that interpreter. Safe under the user's `set -eu`; reads no stdin."""
     pkg_parent = str(Path(__file__).resolve().parents[1])
     sites = set(site.getsitepackages()) | {site.getusersitepackages()}
     py = _sh_quote(sys.executable)
     prefix = ""
     if pkg_parent not in sites:
         prefix = f"PYTHONPATH={_sh_quote(pkg_parent)}${{PYTHONPATH:+:$PYTHONPATH}} "
-    return (f'[ "${{1-}}" != committed ] || {prefix}{py} -m git_ksplice.hooks notify '
-            "</dev/null || :")
+    return "\n".join([
+        'if [ "${1-}" = committed ]; then',
+        "\t_ksplice_d=$(git rev-parse --path-format=absolute --git-common-dir)/ksplice/hook "
+        "|| _ksplice_d=/nonexistent",
+        "\t_ksplice_now=$(git config --get-all ksplice.watch; git for-each-ref "
+        "--format='%(objectname) %(refname)' $(cat \"$_ksplice_d/refs\" 2>/dev/null "
+        "|| echo refs/heads/) </dev/null) || :",
+        '\t[ "$_ksplice_now" = "$(cat "$_ksplice_d/state" 2>/dev/null)" ] ||',
+        f"\t\t{prefix}{py} -m git_ksplice.hooks notify </dev/null || :",
+        "\tunset _ksplice_d _ksplice_now",
+        "fi",
+    ])
 
 
 def _sh_quote(s: str) -> str:

@@ -133,6 +133,21 @@ class Repo:
             raise InputError(f"bad value for {key}: {r.stderr.strip()}")
         return r.stdout.rstrip("\n")
 
+    def gc_running(self) -> int | None:
+        """The pid of a `git gc` working on this repository (from its gc.pid), or None. A
+        repository just made from a kernel tarball repacks 75,000 loose objects in the
+        background for a minute or more, on the CPUs a build would use."""
+        import socket
+
+        try:
+            pid_text, host = (self.common_dir / "gc.pid").read_text().split(maxsplit=1)
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            return None
+        if host.strip() != socket.gethostname() or not Path(f"/proc/{pid}").exists():
+            return None
+        return pid
+
     def config_all(self, key: str) -> list[str]:
         """Every value of a multi-valued setting, in git's order."""
         r = self.git("config", "--get-all", key, check=False)

@@ -254,6 +254,10 @@ def _run(opts: CreateOptions) -> int:
             raise InputError("--skip-prebuild: there is no pristine build of "
                              f"refs/ksplice/pre ({pre[:12]}) to use",
                              hint="run git ksplice create --prebuild first")
+        gc = repo.gc_running()
+        if gc is not None:
+            phases.note(f"git gc (pid {gc}) is repacking this repository: the build shares "
+                        "the CPUs with it until it finishes")
         phases.start(f"pristine build of {pre[:12]} (make -j{jobs})")
         built = tree.ensure_pristine(pre, orig, settings, log=logs / "prebuild.log",
                                      rebuild=not opts.skip_prebuild, on_repair=phases.note)

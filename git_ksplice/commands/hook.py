@@ -48,7 +48,7 @@ def _is_shell_script(text: str) -> bool:
 
 
 def _block() -> str:
-    return f"{hooks.BEGIN}\n{hooks.hook_line()}\n{hooks.END}\n"
+    return f"{hooks.BEGIN}\n{hooks.hook_lines()}\n{hooks.END}\n"
 
 
 def install(repo: Repo, branches: list[str], series: bool | None, as_json: bool) -> int:
@@ -79,7 +79,7 @@ def install(repo: Repo, branches: list[str], series: bool | None, as_json: bool)
             raise InputError(
                 f"{path} is not a shell script: git-ksplice can add itself only to shell "
                 "hooks", hint="add this line to your hook yourself, where it runs for "
-                f"every call:\n  {hooks.hook_line()}")
+                f"every call, with the hook's arguments:\n{_block()}")
         path.parent.mkdir(parents=True, exist_ok=True)
         if text:
             # After the #! line: the block runs even if the user's script exits early, and

@@ -334,3 +334,25 @@ def test_a_worker_killed_mid_build_is_repaired(warm_kernel: Kernel, tmp_path: Pa
     jobs = wait_idle(k)
     assert [(j["state"], j["attempts"]) for j in jobs] == [("built", 2)]
     k.assert_tree_clean()
+
+
+def test_the_hook_starts_python_only_when_a_watched_ref_moves(warm_kernel: Kernel) -> None:
+    """Most git commands move nothing watched: the hook's shell line sees that and returns
+    without starting Python (whose runs rewrite the state file). A branch added to
+    ksplice.watch later is picked up at its next move, with what it has beyond pre."""
+    k = warm_kernel
+    k.ksplice("hook", "install", check_state=())
+    state = k.path / ".git/ksplice/hook/state"
+    before = state.stat().st_mtime_ns
+    git_cmd(k, "checkout", "-q", "-b", "topic")
+    c1 = k.commit("proc: say more", PROC_FIX)
+    git_cmd(k, "tag", "v-topic")
+    assert state.stat().st_mtime_ns == before
+    assert status(k)["jobs"] == []
+
+    k.git("config", "--add", "ksplice.watch", "topic")
+    c2 = k.commit("sys: longer name", SYS_FIX)
+    assert state.stat().st_mtime_ns != before
+    jobs = wait_idle(k)
+    assert [(j["commit"], j["ref"]) for j in jobs] == [
+        (c1, "refs/heads/topic"), (c2, "refs/heads/topic")]

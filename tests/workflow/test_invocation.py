@@ -258,3 +258,23 @@ def test_in_a_bare_repository(warm_kernel: Kernel, tmp_path: Path,
     assert changed_functions(manifest(read_update(tarball))) == {"fs/proc.o": ["proc_show"]}
     r = srv.ksplice("view", "--id", "bare", cwd=bare, check_state=())
     assert "proc_show" in r.stdout
+
+
+def test_says_when_git_gc_competes_for_the_cpus(kernel: Kernel) -> None:
+    """A repository just imported from a tarball repacks in the background (`git gc
+    --auto`, detached): the prebuild says so rather than being mysteriously slow."""
+    import socket
+    import subprocess
+
+    k = kernel
+    gc = subprocess.Popen(["sleep", "60"])  # stands for the detached gc: a live pid
+    try:
+        (k.path / ".git/gc.pid").write_text(f"{gc.pid} {socket.gethostname()}")
+        r = k.create("--prebuild")
+        assert f"git gc (pid {gc.pid}) is repacking this repository" in r.stderr
+    finally:
+        gc.kill()
+        gc.wait()
+    k.commit("proc: say more", PROC_FIX)
+    r = k.create("--id", "after")  # the pid is gone: nothing to say
+    assert "git gc" not in r.stderr
