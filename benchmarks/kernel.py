@@ -98,14 +98,16 @@ def cold(base: Path) -> list[tuple[str, float]]:
     subprocess.run(["cp", "-r", str(base / "orig-config"), str(src / "ksplice")], check=True)
     t_pre, out = timed([sys.executable, "-m", "git_ksplice", "create", "--prebuild", "-j",
                         JOBS], src, env)
-    make = re.search(r"^pristine build .*: done in ([\d.]+)s", out, re.M)
+    steps = re.search(r"^pristine build .*: done in ([\d.]+)s \(built: checkout ([\d.]+)s, "
+                      r"make ([\d.]+)s, cache ([\d.]+)s\)", out, re.M)
     full, _ = timed(["sh", "-c", f"make -s clean && make -j{JOBS} bzImage modules"],
                     running.tree)
     subprocess.run(["rm", "-rf", str(scratch)], check=True)
     return [("import the source into git (with its automatic gc)", t_import),
             ("cold create: --prebuild (pristine build + cache)", t_pre),
-            ("  of which the pristine build (worktree checkout, make, cache)",
-             float(make.group(1)) if make else float("nan")),
+            *[(f"  {what}", float(steps.group(i)) if steps else float("nan"))
+              for i, what in ((2, "worktree checkout"), (3, "make (function sections)"),
+                              (4, "copying the products to the cache"))],
             ("full make of the running kernel's tree", full),
             ("target: 1.1 x full build", 1.1 * full)]
 

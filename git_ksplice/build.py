@@ -153,7 +153,12 @@ class PatchedBuild:
 class BuildTree:
     """Our build worktree and its pristine cache."""
 
+    #: seconds per step of the last ensure_pristine that built: checkout (and repairs),
+    #: make, cache
+    timings: dict[str, float]
+
     def __init__(self, repo: Repo) -> None:
+        self.timings = {}
         self.repo = repo
         self.orig: OrigConfig | None = None
         configured = repo.config("ksplice.buildDir", type="path")
@@ -187,6 +192,8 @@ class BuildTree:
         else left. Returns True when make ran."""
         self.orig = orig
         say = on_repair or (lambda _msg: None)
+        started = time.monotonic()
+        self.timings = {}
         st = self.state()
         self._stop_orphaned_make(st, say)
         if not self._worktree_ok():
@@ -225,10 +232,21 @@ class BuildTree:
             self._install_config()
         self._set_state(phase="building-pristine", **wanted)
         checkpoint("prebuild-started")
+        made = time.monotonic()
+        self.timings["checkout"] = made - started
         self._make(settings, log)
+        cached = time.monotonic()
+        self.timings["make"] = cached - made
         self._snapshot()
+        self.timings["cache"] = time.monotonic() - cached
         self._set_state(phase="pristine", **wanted)
+        with open(log, "a") as f:
+            f.write("# git-ksplice: " + self.describe_timings() + "\n")
         return True
+
+    def describe_timings(self) -> str:
+        """Where the last pristine build's time went: `checkout 7.1s, make 190.2s, ...`."""
+        return ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
 
     def _worktree_ok(self) -> bool:
         if not (self.path / ".git").exists():

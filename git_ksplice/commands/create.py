@@ -261,7 +261,7 @@ def _run(opts: CreateOptions) -> int:
         phases.start(f"pristine build of {pre[:12]} (make -j{jobs})")
         built = tree.ensure_pristine(pre, orig, settings, log=logs / "prebuild.log",
                                      rebuild=not opts.skip_prebuild, on_repair=phases.note)
-        phases.done("built" if built else "up to date")
+        phases.done(f"built: {tree.describe_timings()}" if built else "up to date")
         checkpoint("prebuilt")
         if opts.prebuild:
             if opts.as_json:
