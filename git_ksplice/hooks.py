@@ -41,6 +41,9 @@ END = "# <<< git-ksplice"
 WORKER_ENV = "GIT_KSPLICE_HOOK_WORKER"
 SCHEMA = 1
 
+#: At most this many commits arriving at once are built one by one (ksplice.hookLimit; 0: no
+#: limit); beyond it only the last.
+DEFAULT_LIMIT = 32
 #: A for-each-ref pattern that matches no ref (see Queue.save_fast_path).
 _NO_REF = "refs/ksplice/hook/no-such-ref"
 #: queued -> running -> built | no-change | failed | skipped; `retry` puts failed back.
@@ -68,6 +71,8 @@ class Job:
     tarball: str | None = None
     message: str | None = None
     attempts: int = 0
+    #: why this job stands for more than its commit (ksplice.hookLimit)
+    note: str | None = None
     #: where and how to run git-ksplice: the directory the hook ran in, and the absolute
     #: GIT_DIR / GIT_WORK_TREE it ran with (a bare server sets GIT_DIR=.)
     cwd: str = ""
@@ -219,6 +224,11 @@ def _config_bool(key: str, cwd: str) -> bool:
     return _git("config", "--type=bool", "--get", key, cwd=cwd, check=False).strip() == "true"
 
 
+def _config_int(key: str, cwd: str, default: int) -> int:
+    text = _git("config", "--type=int", "--get", key, cwd=cwd, check=False).strip()
+    return int(text) if text else default
+
+
 def _ref_tips(cwd: str) -> dict[str, str]:
     out = _git("for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/",
                "refs/remotes/", cwd=cwd)
@@ -250,18 +260,19 @@ def enqueue(cwd: str, env: dict[str, str] | None = None) -> list[Job]:
     env = dict(os.environ if env is None else env)
     values = _config_all("ksplice.watch", cwd)
     queue = Queue(_common_dir(cwd))
-    tips_now = _ref_tips(cwd)
-    refs = watched_refs(values, set(tips_now))
-    if not values:
-        with queue.locked():
-            queue.save_fast_path(values, refs, tips_now)
-        return []
     series = _config_bool("ksplice.hookSeries", cwd)
+    limit = _config_int("ksplice.hookLimit", cwd, DEFAULT_LIMIT)
     git_env = {k: str(Path(cwd, env[k]).resolve()) for k in ("GIT_DIR", "GIT_WORK_TREE")
                if env.get(k)}
     new_jobs: list[Job] = []
     with queue.locked():
+        # The tips are read under the lock: two hooks running at once must not let the one
+        # that read first put back an older tip than the other recorded.
+        tips_now = _ref_tips(cwd)
+        refs = watched_refs(values, set(tips_now))
         queue.save_fast_path(values, refs, tips_now)
+        if not values:
+            return []
         seen = queue.tips()
         if all(seen.get(r) == tips_now.get(r) for r in refs):
             return []
@@ -285,7 +296,18 @@ def enqueue(cwd: str, env: dict[str, str] | None = None) -> list[Job]:
                     continue
                 commits = _first_parent_commits(cwd, new, [pre])
             else:
-                commits = _first_parent_commits(cwd, new, [old] + ([pre] if pre else []))
+                try:
+                    commits = _first_parent_commits(cwd, new, [old] + ([pre] if pre else []))
+                except RuntimeError:  # the old tip is gone (rewritten and pruned)
+                    commits = _first_parent_commits(cwd, new, [pre] if pre else [])[-1:]
+            commits = [c for c in commits if c not in known]
+            note = None
+            if limit and len(commits) > limit:
+                # A pull of a stable release brings hundreds of commits: one update of the
+                # tip holds all their changes; hundreds of builds would help nobody.
+                note = (f"{len(commits)} commits arrived at once (ksplice.hookLimit is "
+                        f"{limit}): only the last is built, with all of their changes")
+                commits = commits[-1:]
             for commit in commits:
                 if commit in known:
                     continue
@@ -295,7 +317,7 @@ def enqueue(cwd: str, env: dict[str, str] | None = None) -> list[Job]:
                 job = Job(seq=seq, id=uid, ref=ref, commit=commit, subject=subject,
                           series=series, queued_at=time.time(),
                           log=str(queue.logs_dir / f"{seq:06d}-{uid}.log"),
-                          cwd=str(Path(cwd).resolve()), git_env=git_env)
+                          cwd=str(Path(cwd).resolve()), git_env=git_env, note=note)
                 queue.save(job)
                 known.add(commit)
                 new_jobs.append(job)

@@ -96,6 +96,10 @@ CONFIG_KEYS: dict[str, str] = {
         "them; `git config --add ksplice.watch BRANCH` adds one). Each value is a full ref "
         "(`refs/...`), a remote-tracking branch (`REMOTE/BRANCH`) or a local branch. Every "
         "commit that lands on one of them is queued for an update.",
+    "ksplice.hookLimit":
+        "At most this many commits arriving on a watched branch at once are built one by "
+        "one; beyond it only the last is built (its update holds all of their changes). "
+        "0: no limit. Default: 32.",
     "ksplice.hookSeries":
         "Boolean: the hook builds its updates with `--series`, each on top of the previous "
         "one (`git ksplice hook install --series` sets it).",

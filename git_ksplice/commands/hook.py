@@ -208,8 +208,9 @@ def status(repo: Repo, as_json: bool) -> int:
         if j.finished_at and j.started_at:
             times += f", finished {_when(j.finished_at)} ({j.finished_at - j.started_at:.1f} s)"
         con.print(f"    {times}", markup=False)
-        if j.message and j.state != "no-change":
-            con.print(f"    {j.message}", markup=False)
+        for text in (j.note, j.message if j.state != "no-change" else None):
+            if text:
+                con.print(f"    {text}", markup=False)
         con.print(f"    log {j.log}", markup=False)
         if j.tarball and j.state == "built":
             con.print(f"    update {j.tarball}", markup=False)

@@ -356,3 +356,23 @@ def test_the_hook_starts_python_only_when_a_watched_ref_moves(warm_kernel: Kerne
     jobs = wait_idle(k)
     assert [(j["commit"], j["ref"]) for j in jobs] == [
         (c1, "refs/heads/topic"), (c2, "refs/heads/topic")]
+
+
+def test_many_commits_at_once_become_one_update(warm_kernel: Kernel) -> None:
+    """Past ksplice.hookLimit (a pull of a stable release), one job for the last commit,
+    whose update holds every change, says why."""
+    k = warm_kernel
+    k.ksplice("hook", "install", check_state=())
+    k.git("config", "ksplice.hookLimit", "2")
+    git_cmd(k, "checkout", "-q", "-b", "stable")
+    k.commit("proc: say more", PROC_FIX)
+    k.commit("sys: longer name", SYS_FIX)
+    c3 = k.commit("demo: one more", DEMO_FIX)
+    git_cmd(k, "checkout", "-q", "main")
+    git_cmd(k, "merge", "-q", "--ff-only", "stable")
+    jobs = wait_idle(k)
+    assert [(j["commit"], j["state"]) for j in jobs] == [(c3, "built")]
+    assert "3 commits arrived at once" in jobs[0]["note"]
+    m = json.loads(read_update(Path(jobs[0]["tarball"]))["manifest.json"])
+    assert set(m["targets"]) == {"vmlinux", "demo"}
+    assert "3 commits arrived at once" in k.ksplice("hook", "status", check_state=()).stderr
