@@ -135,7 +135,8 @@ def _jobs(repo: Repo, opts: CreateOptions) -> int:
     return os.cpu_count() or 1
 
 
-def _orig_config(repo: Repo, opts: CreateOptions) -> OrigConfig:
+def find_orig_config(repo: Repo, opts: CreateOptions) -> OrigConfig:
+    """ORIG_CONFIG: --config, else ksplice.config, else ksplice/ at the top of the tree."""
     path = opts.config
     if path is not None:
         p = Path(path)
@@ -215,7 +216,7 @@ def _run(opts: CreateOptions) -> int:
     if not _ID.match(update_id):
         raise InputError(f"--id={update_id!r}: an update id is 1 to 32 characters of a-z, "
                          "0-9 and _, starting with a letter or digit")
-    orig = _orig_config(repo, opts)
+    orig = find_orig_config(repo, opts)
     jobs = _jobs(repo, opts)
     out_dir = _output_dir(repo, opts)
     if out_dir.exists() and not out_dir.is_dir():

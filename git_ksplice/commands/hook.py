@@ -115,6 +115,7 @@ def install(repo: Repo, branches: list[str], series: bool | None, as_json: bool)
         ui.console.print(f"refs/ksplice/pre created at {present[0]} ({tip[:12]}): the running "
                          "kernel's source (move it with `git update-ref refs/ksplice/pre "
                          "COMMIT` if it is not)")
+    _warn_without_orig_config(repo)
     tips = hooks.record_tips(cwd)
     series_on = repo.config("ksplice.hookSeries", type="bool") == "true"
     if as_json:
@@ -127,6 +128,18 @@ def install(repo: Repo, branches: list[str], series: bool | None, as_json: bool)
             ui.console.print(f"  {r} does not exist yet: its first commits beyond "
                              "refs/ksplice/pre will be built when it appears")
     return EXIT_OK
+
+
+def _warn_without_orig_config(repo: Repo) -> None:
+    """Every background build would fail without ORIG_CONFIG: say so now, not in a log."""
+    from git_ksplice.commands.create import CreateOptions, find_orig_config
+    from git_ksplice.errors import KspliceError
+
+    try:
+        find_orig_config(repo, CreateOptions(cwd=str(_cwd(repo))))
+    except KspliceError as e:
+        ui.console.print(f"[yellow]warning:[/] the builds will fail until this is fixed: "
+                         f"{e.message}" + (f" ({e.hint})" if e.hint else ""))
 
 
 def _watch_values(repo: Repo) -> list[str]:

@@ -161,9 +161,12 @@ def test_a_push_into_a_bare_server_repository(warm_kernel: Kernel, tmp_path: Pat
     post_receive = server / "hooks/post-receive"
     post_receive.write_text(f"#!/bin/sh\ncat >> {marker}\necho 'server: thanks'\n")
     post_receive.chmod(0o755)
-    run(["git", "config", "ksplice.config", str(running_kernel)], cwd=server)
     r = srv.ksplice("hook", "install", "--branch", "main", cwd=server, check_state=())
     assert "refs/ksplice/pre created at refs/heads/main" in r.stderr
+    assert "builds will fail" in r.stderr and "ksplice.config" in r.stderr  # not set yet
+    run(["git", "config", "ksplice.config", str(running_kernel)], cwd=server)
+    r = srv.ksplice("hook", "install", cwd=server, check_state=())
+    assert "warning" not in r.stderr
     assert (server / "hooks/reference-transaction").exists()
 
     c1 = dev.commit("proc: say more", PROC_FIX)
