@@ -57,7 +57,7 @@ def _create_options(f):
         click.option("-j", "--jobs", type=int, metavar="N", help="make jobs "
                      "(default: CONCURRENCY_LEVEL, ksplice.jobs, or the number of CPUs)."),
         click.option("-v", "--verbose", count=True, help="Show the build's output (-vv: "
-                     "make V=1; default: ksplice.verbose)."),
+                     "make V=1)."),
         click.option("--config", "config", metavar="ORIG_CONFIG", help="Directory describing "
                      "the running kernel (.config, System.map; default: ksplice.config, or "
                      "<source>/ksplice)."),

@@ -46,12 +46,17 @@ SCHEMA = 1
 DEFAULT_LIMIT = 32
 #: A for-each-ref pattern that matches no ref (see Queue.save_fast_path).
 _NO_REF = "refs/ksplice/hook/no-such-ref"
-#: queued -> running -> built | no-change | failed | skipped; `retry` puts failed back.
-STATES = ("queued", "running", "built", "no-change", "failed", "skipped")
+#: queued -> running -> built | no-change | refused | failed | skipped; `retry` puts failed
+#: (and skipped) ones back.
+STATES = ("queued", "running", "built", "no-change", "refused", "failed", "skipped")
 
+#: What ties a process to the git command that ran the hook; the worker must not inherit it
+#: (a `git -c ksplice.series=true commit` is not a setting of the background builds).
 _LOCAL_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_PREFIX", "GIT_COMMON_DIR",
               "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-              "GIT_QUARANTINE_PATH", "GIT_REFLOG_ACTION", "GIT_EXEC_PATH_ORIG")
+              "GIT_QUARANTINE_PATH", "GIT_REFLOG_ACTION", "GIT_EXEC_PATH_ORIG",
+              "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT", "GIT_NAMESPACE")
+_LOCAL_ENV_PREFIXES = ("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_", "GIT_PUSH_OPTION")
 
 
 @dataclass
@@ -91,6 +96,19 @@ def _git(*args: str, cwd: str | Path | None = None, env: dict[str, str] | None =
     if check and r.returncode != 0:
         raise RuntimeError(f"git {' '.join(args)}: {r.stderr.strip()}")
     return r.stdout if r.returncode == 0 else ""
+
+
+def ref_patterns(values: list[str]) -> list[str]:
+    """Every ref a `ksplice.watch` value may name, whichever exists now: what the hook's
+    shell line lists, so that `origin/fixes` appearing with a fetch is seen."""
+    out: list[str] = []
+    for v in (v.strip() for v in values):
+        if not v:
+            continue
+        for ref in ([v] if v.startswith("refs/") else [f"refs/heads/{v}", f"refs/remotes/{v}"]):
+            if ref not in out:
+                out.append(ref)
+    return out
 
 
 def watched_refs(values: list[str], known: set[str]) -> list[str]:
@@ -145,6 +163,12 @@ class Queue:
                 continue  # a torn write cannot happen (rename), but a hand edit can
         return out
 
+    def last_seq(self) -> int:
+        """The highest job number on disk, from the names: a file that does not parse (a
+        hand edit, a newer version) must not have its number given again."""
+        nums = [int(p.stem) for p in self.jobs_dir.glob("*.json") if p.stem.isdigit()]
+        return max(nums, default=0)
+
     def save(self, job: Job) -> None:
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         path = self.jobs_dir / f"{job.seq:06d}.json"
@@ -164,17 +188,15 @@ class Queue:
         tmp.write_text(json.dumps(tips, indent=1, sort_keys=True) + "\n")
         tmp.replace(self.tips_file)
 
-    def save_fast_path(self, values: list[str], refs: list[str],
-                       tips_now: dict[str, str]) -> None:
+    def save_fast_path(self, values: list[str], tips_now: dict[str, str]) -> None:
         """What the hook's shell line compares before it starts Python: `refs` (the patterns
         for `git for-each-ref`; the first matches nothing, so the list is never empty, which
         would list every ref) and `state`, the text that `git config --get-all ksplice.watch;
         git for-each-ref ... $(cat refs)` printed when we last looked. Written from the tips
         this run acted on, not read again: a ref that moved since must not match."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        lines = list(values) + [f"{tips_now[r]} {r}" for r in sorted(set(refs))
-                                if r in tips_now]
-        for name, text in (("refs", "\n".join([_NO_REF, *refs]) + "\n"),
+        lines = list(values) + [f"{tips_now[r]} {r}" for r in sorted(tips_now)]
+        for name, text in (("refs", "\n".join([_NO_REF, *ref_patterns(values)]) + "\n"),
                            ("state", "\n".join(lines))):
             tmp = self.dir / f"{name}.tmp"
             tmp.write_text(text)
@@ -229,9 +251,11 @@ def _config_int(key: str, cwd: str, default: int) -> int:
     return int(text) if text else default
 
 
-def _ref_tips(cwd: str) -> dict[str, str]:
-    out = _git("for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/",
-               "refs/remotes/", cwd=cwd)
+def _ref_tips(cwd: str, values: list[str]) -> dict[str, str]:
+    """Where the refs `ksplice.watch` may name are: the same listing as the hook's shell
+    line makes (see Queue.save_fast_path)."""
+    out = _git("for-each-ref", "--format=%(objectname) %(refname)", _NO_REF,
+               *ref_patterns(values), cwd=cwd)
     return {ref: oid for oid, ref in (line.split(" ", 1) for line in out.splitlines())}
 
 
@@ -254,9 +278,11 @@ def _first_parent_commits(cwd: str, new: str, exclude: list[str]) -> list[str]:
     return _git(*args, cwd=cwd).split()
 
 
-def enqueue(cwd: str, env: dict[str, str] | None = None) -> list[Job]:
+def enqueue(cwd: str, env: dict[str, str] | None = None,
+            notes: list[str] | None = None) -> list[Job]:
     """Queue a job for each commit that landed on a watched ref since it was last seen.
-    Returns the new jobs."""
+    Returns the new jobs; what the user should know besides goes to `notes`."""
+    notes = [] if notes is None else notes
     env = dict(os.environ if env is None else env)
     values = _config_all("ksplice.watch", cwd)
     queue = Queue(_common_dir(cwd))
@@ -268,9 +294,9 @@ def enqueue(cwd: str, env: dict[str, str] | None = None) -> list[Job]:
     with queue.locked():
         # The tips are read under the lock: two hooks running at once must not let the one
         # that read first put back an older tip than the other recorded.
-        tips_now = _ref_tips(cwd)
+        tips_now = _ref_tips(cwd, values)
         refs = watched_refs(values, set(tips_now))
-        queue.save_fast_path(values, refs, tips_now)
+        queue.save_fast_path(values, tips_now)
         if not values:
             return []
         seen = queue.tips()
@@ -278,7 +304,7 @@ def enqueue(cwd: str, env: dict[str, str] | None = None) -> list[Job]:
             return []
         jobs = queue.jobs()
         known = {j.commit for j in jobs}
-        seq = max((j.seq for j in jobs), default=0)
+        seq = queue.last_seq()
         pre = _git("rev-parse", "--verify", "-q", "refs/ksplice/pre", cwd=cwd,
                    check=False).strip()
         for ref in refs:
@@ -292,6 +318,11 @@ def enqueue(cwd: str, env: dict[str, str] | None = None) -> list[Job]:
                 # First sight of this ref: what it has beyond the running kernel's source, if
                 # it builds on it; otherwise nothing (we do not build unrelated history).
                 if not pre or not is_ancestor(pre, new, cwd):
+                    notes.append(f"{ref} is watched and now exists, but "
+                                 + ("refs/ksplice/pre does not" if not pre else
+                                    "it does not build on refs/ksplice/pre")
+                                 + ": nothing queued for what it holds; its next commits "
+                                 "will be")
                     seen[ref] = new
                     continue
                 commits = _first_parent_commits(cwd, new, [pre])
@@ -329,12 +360,13 @@ def enqueue(cwd: str, env: dict[str, str] | None = None) -> list[Job]:
 def record_tips(cwd: str) -> dict[str, str]:
     """Remember the watched refs where they are now: what is already there is not built."""
     queue = Queue(_common_dir(cwd))
-    tips_now = _ref_tips(cwd)
-    refs = watched_refs(_config_all("ksplice.watch", cwd), set(tips_now))
+    values = _config_all("ksplice.watch", cwd)
     with queue.locked():
+        tips_now = _ref_tips(cwd, values)
+        refs = watched_refs(values, set(tips_now))
         tips = {r: tips_now[r] for r in refs if r in tips_now}
         queue.save_tips(tips)
-        queue.save_fast_path(_config_all("ksplice.watch", cwd), refs, tips_now)
+        queue.save_fast_path(values, tips_now)
     return tips
 
 
@@ -344,7 +376,8 @@ def record_tips(cwd: str) -> dict[str, str]:
 def _python_env() -> dict[str, str]:
     """The environment of a git-ksplice process started from a hook: the user's, without
     what ties it to the git command that ran the hook."""
-    env = {k: v for k, v in os.environ.items() if k not in _LOCAL_ENV}
+    env = {k: v for k, v in os.environ.items()
+           if k not in _LOCAL_ENV and not k.startswith(_LOCAL_ENV_PREFIXES)}
     env[WORKER_ENV] = "1"
     return env
 
@@ -430,20 +463,25 @@ def run_job(queue: Queue, job: Job) -> None:
             cmd = [sys.executable, "-m", "git_ksplice", "create", job.commit, "--id", job.id,
                    "--json", "-v", "--description", f"{job.subject} ({job.commit[:12]}, "
                    f"{job.ref.removeprefix('refs/heads/')})"]
-            if job.series:
-                cmd.append("--series")
+            # Everything explicit: the user's settings for manual runs (ksplice.series,
+            # ksplice.wait) are not the hook's.
+            cmd += ["--series" if job.series else "--no-series", "--wait"]
             r = subprocess.run(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=log, text=True)
             code = r.returncode
             log.write(r.stdout)
+            doc: dict = {}
+            with contextlib.suppress(ValueError):
+                doc = json.loads(r.stdout)
+            reason = " ".join(x for x in (doc.get("message"), doc.get("hint")) if x)
             if code == 0:
-                state = "built"
-                with contextlib.suppress(ValueError):
-                    tarball = json.loads(r.stdout).get("tarball")
+                state, tarball = "built", doc.get("tarball")
             elif code == 66:
                 state, message = "no-change", "the commit changes no compiled code"
+            elif code == 65:  # not a failure to retry: the change cannot be applied live
+                state, message = "refused", reason or "refused; see the log"
             else:
-                message = f"git ksplice create exited with {code}; see the log"
+                message = reason or f"git ksplice create exited with {code}; see the log"
         log.write(f"# {state}\n")
     with queue.locked():
         job.state, job.finished_at, job.exit_code = state, time.time(), code
@@ -491,11 +529,14 @@ def notify() -> int:
         return 0
     try:
         cwd = os.getcwd()
-        jobs = enqueue(cwd)
+        notes: list[str] = []
+        jobs = enqueue(cwd, notes=notes)
+        for note in notes:
+            print(f"git-ksplice: {note}", file=sys.stderr)
         if jobs:
-            common = _common_dir(cwd)
-            if Queue(common).worker_running() is None:
-                spawn_worker(common)
+            # Always: a worker that is about to exit may already have looked for work. One
+            # too many finds the lock taken and exits at once.
+            spawn_worker(_common_dir(cwd))
             ids = ", ".join(f"{j.id} ({j.commit[:12]})" for j in jobs)
             print(f"git-ksplice: queued update{'s' if len(jobs) > 1 else ''} {ids}; "
                   "see `git ksplice hook status`", file=sys.stderr)

@@ -77,9 +77,6 @@ CONFIG_KEYS: dict[str, str] = {
     "ksplice.wait":
         "Boolean, default true: false makes `create` fail at once, as with `--no-wait`, when "
         "another `create` holds the repository's lock.",
-    "ksplice.verbose":
-        "Integer, 0 to 2: the verbosity of `create` when no `-v` is given (`1` as `-v`, `2` as "
-        "`-vv`).",
     "ksplice.onlyTargets":
         "Multi-valued: the patterns of `--only-targets` when the option is not given.",
     "ksplice.extraMatch":

@@ -115,10 +115,11 @@ def _apply_settings(repo: Repo, opts: CreateOptions) -> None:
             value = repo.config(key, type="bool")
             setattr(opts, name, default if value is None else value == "true")
     for name, key in SETTINGS_LIST:
-        if not getattr(opts, name):
+        given = getattr(opts, name)
+        if given:  # an empty value (--only-targets=) clears the setting
+            setattr(opts, name, [v for v in given if v])
+        else:
             setattr(opts, name, repo.config_all(key))
-    if not opts.verbose:
-        opts.verbose = min(int(repo.config("ksplice.verbose", type="int") or 0), 2)
 
 
 def _jobs(repo: Repo, opts: CreateOptions) -> int:

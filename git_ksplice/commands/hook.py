@@ -30,12 +30,15 @@ def _cwd(repo: Repo) -> Path:
     return repo.toplevel or repo.git_dir
 
 
-def _has_block(text: str) -> bool:
-    return hooks.BEGIN in text
+_BEGIN, _END = hooks.BEGIN.encode(), hooks.END.encode()
+#: In the block when install made the file: uninstall then removes the file too.
+_CREATED = b"# (install created this file)"
+#: `--path-format` (2.31) in the hook's line and here; the hook itself needs 2.28.
+MIN_GIT = (2, 31)
 
 
-def _is_shell_script(text: str) -> bool:
-    first = text.splitlines()[0] if text else ""
+def _is_shell_script(data: bytes) -> bool:
+    first = data.split(b"\n", 1)[0].decode("latin-1")
     if not first.startswith("#!"):
         return True  # git runs a script without #! through sh
     words = first[2:].split()
@@ -47,12 +50,82 @@ def _is_shell_script(text: str) -> bool:
     return prog in _SHELLS
 
 
-def _block() -> str:
-    return f"{hooks.BEGIN}\n{hooks.hook_lines()}\n{hooks.END}\n"
+def _block(created: bool = False) -> bytes:
+    lines = [hooks.BEGIN, *(["# (install created this file)"] if created else []),
+             hooks.hook_lines(), hooks.END]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _block_span(data: bytes) -> tuple[int, int] | None:
+    """Where our block is, from its first byte to the end of its last line."""
+    start = data.find(_BEGIN)
+    if start < 0:
+        return None
+    end = data.find(_END, start)
+    if end < 0:
+        return None
+    end += len(_END)
+    if data[end:end + 1] == b"\n":
+        end += 1
+    return start, end
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """Replace the file's bytes whole (rename), through a symlink to where it points: a
+    hook linked from a dotfiles repository stays a link."""
+    target = path.resolve() if path.is_symlink() else path
+    tmp = target.with_name(target.name + ".ksplice-tmp")
+    tmp.write_bytes(data)
+    tmp.chmod(mode)
+    tmp.replace(target)
+
+
+def _check_git_version(repo: Repo) -> None:
+    out = repo.git("version").stdout.split()
+    try:
+        version = tuple(int(x) for x in out[2].split(".")[:2])
+    except (IndexError, ValueError):
+        return
+    if version < MIN_GIT:
+        raise InputError(f"git {out[2]} is too old for the hook: it needs git "
+                         f"{MIN_GIT[0]}.{MIN_GIT[1]} or later (reference-transaction hook, "
+                         "rev-parse --path-format)", hint="upgrade git, or run git ksplice "
+                         "create by hand")
+
+
+def _shared_hooks_path(repo: Repo) -> str | None:
+    """Where core.hooksPath comes from, when it is not this repository's own setting: the
+    hook is then every repository's that uses it."""
+    r = repo.git("config", "--show-origin", "--get", "core.hooksPath", cwd=_cwd(repo),
+                 check=False)
+    if r.returncode != 0 or not r.stdout.strip():
+        return None
+    origin = r.stdout.split("\t", 1)[0].removeprefix("file:")
+    local = {str(repo.common_dir / "config"), str(repo.git_dir / "config.worktree")}
+    try:
+        resolved = str(Path(_cwd(repo), origin).resolve())
+    except OSError:
+        resolved = origin
+    return None if resolved in local or origin in local else origin
 
 
 def install(repo: Repo, branches: list[str], series: bool | None, as_json: bool) -> int:
     cwd = str(_cwd(repo))
+    _check_git_version(repo)
+    path = hook_path(repo)
+    data = path.read_bytes() if path.exists() else b""
+    span = _block_span(data)
+    if span is None and path.exists():
+        if not os.access(path, os.X_OK):
+            raise InputError(f"{path} exists but is not executable, so git does not run it",
+                             hint="make it executable (chmod +x) or remove it, then install "
+                                  "again")
+        if data and not _is_shell_script(data):
+            raise InputError(
+                f"{path} is not a shell script: git-ksplice can add itself only to shell "
+                "hooks", hint="add these lines to your hook yourself, where they run for "
+                "every call, with the hook's arguments:\n" + _block().decode())
+
     if branches:
         repo.git("config", "--unset-all", "ksplice.watch", cwd=_cwd(repo), check=False)
         for b in branches:
@@ -68,40 +141,35 @@ def install(repo: Repo, branches: list[str], series: bool | None, as_json: bool)
         repo.git("config", "--type=bool", "ksplice.hookSeries", str(series).lower(),
                  cwd=_cwd(repo))
 
-    path = hook_path(repo)
-    text = path.read_text(errors="replace") if path.exists() else ""
-    if path.exists() and not os.access(path, os.X_OK) and not _has_block(text):
-        raise InputError(f"{path} exists but is not executable, so git does not run it",
-                         hint="make it executable (chmod +x) or remove it, then install "
-                              "again")
-    if not _has_block(text):
-        if text and not _is_shell_script(text):
-            raise InputError(
-                f"{path} is not a shell script: git-ksplice can add itself only to shell "
-                "hooks", hint="add this line to your hook yourself, where it runs for "
-                f"every call, with the hook's arguments:\n{_block()}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if text:
+    if span is None:
+        if path.exists():
             # After the #! line: the block runs even if the user's script exits early, and
-            # it reads nothing from stdin, which stays the user's script's.
-            lines = text.splitlines(keepends=True)
-            head = lines[0] if lines[0].startswith("#!") else ""
-            rest = "".join(lines[1:] if head else lines)
-            new = head + (("\n" if not head.endswith("\n") else "") if head else "") \
-                + _block() + rest
+            # it reads nothing from stdin, which stays the user's script's. Every other byte
+            # of the file stays as it is, so uninstall can give it back exactly.
+            if data.startswith(b"#!"):
+                nl = data.find(b"\n")
+                head, rest = (data, b"") if nl < 0 else (data[:nl + 1], data[nl + 1:])
+                if not head.endswith(b"\n"):
+                    raise InputError(f"{path} is one line without a newline at its end",
+                                     hint="end it with a newline, then install again")
+                new = head + _block() + rest
+            else:
+                new = _block() + data
+            _write(path, new, path.stat().st_mode & 0o7777)
         else:
-            new = "#!/bin/sh\n" + _block()
-        tmp = path.with_name(path.name + ".ksplice-tmp")
-        tmp.write_text(new)
-        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o755
-        tmp.chmod(mode)
-        tmp.replace(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write(path, b"#!/bin/sh\n" + _block(created=True), 0o755)
     else:
-        # Already there: refresh the line (the interpreter may have moved).
-        start, end = text.index(hooks.BEGIN), text.index(hooks.END) + len(hooks.END) + 1
-        new = text[:start] + _block() + text[end:]
-        if new != text:
-            path.write_text(new)
+        # Already there: refresh it (the interpreter may have moved).
+        created = _CREATED in data[span[0]:span[1]]
+        new = data[:span[0]] + _block(created) + data[span[1]:]
+        if new != data:
+            _write(path, new, path.stat().st_mode & 0o7777)
+    shared = _shared_hooks_path(repo)
+    if shared:
+        ui.console.print(f"[yellow]note:[/] core.hooksPath is set in {shared}: the hook in "
+                         f"{path.parent} runs for every repository that uses it (those "
+                         "without ksplice.watch only pay its shell check)")
 
     pre = repo.ref(REF_PRE)
     watch = hooks.watched_refs(_watch_values(repo), set(repo.refs("refs/")))
@@ -151,18 +219,20 @@ def uninstall(repo: Repo, as_json: bool) -> int:
     path = hook_path(repo)
     removed = False
     if path.exists():
-        text = path.read_text(errors="replace")
-        if _has_block(text):
-            start = text.index(hooks.BEGIN)
-            end = text.index(hooks.END, start) + len(hooks.END)
-            if text[end:end + 1] == "\n":
-                end += 1
-            rest = text[:start] + text[end:]
-            if rest.strip() in ("", "#!/bin/sh"):
-                path.unlink()  # only what we wrote is left
+        data = path.read_bytes()
+        span = _block_span(data)
+        if span is not None:
+            created = _CREATED in data[span[0]:span[1]]
+            rest = data[:span[0]] + data[span[1]:]
+            if created and rest == b"#!/bin/sh\n":
+                path.unlink()  # ours alone
             else:
-                path.write_text(rest)
+                _write(path, rest, path.stat().st_mode & 0o7777)
             removed = True
+            shared = _shared_hooks_path(repo)
+            if shared:
+                ui.console.print(f"[yellow]note:[/] core.hooksPath is set in {shared}: the "
+                                 "hook is gone for every repository that uses it")
     for key in ("ksplice.watch", "ksplice.hookSeries"):
         repo.git("config", "--unset-all", key, cwd=_cwd(repo), check=False)
     queue = hooks.Queue(repo.common_dir)
@@ -185,7 +255,7 @@ def _when(t: float | None) -> str:
 def status(repo: Repo, as_json: bool) -> int:
     queue = hooks.Queue(repo.common_dir)
     path = hook_path(repo)
-    installed = path.exists() and _has_block(path.read_text(errors="replace"))
+    installed = path.exists() and _block_span(path.read_bytes()) is not None
     watch = hooks.watched_refs(_watch_values(repo), set(repo.refs("refs/")))
     series_on = repo.config("ksplice.hookSeries", type="bool") == "true"
     worker = queue.worker_running()
@@ -229,6 +299,9 @@ def status(repo: Repo, as_json: bool) -> int:
             con.print(f"    update {j.tarball}", markup=False)
     if any(j.state == "failed" for j in jobs):
         con.print("retry the failed builds with `git ksplice hook retry` (or retry ID...)")
+    if any(j.state == "refused" for j in jobs):
+        con.print("a refused change cannot be applied to a running kernel as it is: its "
+                  "reason is above; retrying does not change that")
     return EXIT_OK
 
 
@@ -252,17 +325,25 @@ def retry(repo: Repo, ids: list[str], as_json: bool) -> int:
             raise InputError(f"update {bad[0].id} is {bad[0].state}, not failed: only failed "
                              "(or interrupted) builds are retried")
         pre = repo.ref(REF_PRE)
-        for j in chosen:
-            if j.series and pre and repo.is_ancestor(j.commit, pre):
-                raise InputError(f"update {j.id} ({j.commit[:12]}) cannot be rebuilt as part "
-                                 "of the series: refs/ksplice/pre already contains it",
-                                 hint="build it by hand against another base, or leave it")
+        contained = [j for j in chosen if j.series and pre and repo.is_ancestor(j.commit, pre)]
+        if contained and ids:
+            j = contained[0]
+            raise InputError(f"update {j.id} ({j.commit[:12]}) cannot be rebuilt as part of "
+                             "the series: refs/ksplice/pre already contains it (a later update "
+                             "of the series carries its change)",
+                             hint="build it by hand against another base, or leave it")
+        for j in contained:  # nothing to retry: a later update of the series carries it
+            j.state = "skipped"
+            j.message = ("its change is in a later update of the series (refs/ksplice/pre "
+                         "contains the commit)")
+            queue.save(j)
+        chosen = [j for j in chosen if j not in contained]
         for j in chosen:
             j.state, j.message, j.exit_code = "queued", "queued again by retry", None
             j.started_at = j.finished_at = None
             queue.save(j)
-    if chosen and queue.worker_running() is None:
-        hooks.spawn_worker(repo.common_dir)
+    if chosen:
+        hooks.spawn_worker(repo.common_dir)  # a worker finishing now may not see them
     if as_json:
         ui.print_json({"schema": hooks.SCHEMA, "queued": [j.public() for j in chosen]})
     else:

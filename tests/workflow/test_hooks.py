@@ -379,3 +379,90 @@ def test_many_commits_at_once_become_one_update(warm_kernel: Kernel) -> None:
     m = json.loads(read_update(Path(jobs[0]["tarball"]))["manifest.json"])
     assert set(m["targets"]) == {"vmlinux", "demo"}
     assert "3 commits arrived at once" in k.ksplice("hook", "status", check_state=()).stderr
+
+
+def test_a_remote_branch_watched_before_it_exists(warm_kernel: Kernel, tmp_path: Path,
+                                                 running_kernel: Path) -> None:
+    """`--branch origin/fixes` before the first fetch of that branch: when the fetch creates
+    it, what it holds beyond refs/ksplice/pre is built."""
+    upstream = warm_kernel
+    clone = Kernel(tmp_path / "clone")
+    run(["git", "clone", "-q", str(upstream.path), str(clone.path)], cwd=tmp_path)
+    shutil.copytree(running_kernel, clone.path / "ksplice")
+    clone.ksplice("hook", "install", "--branch", "origin/fixes", check_state=())
+    clone.git("update-ref", "refs/ksplice/pre", "origin/main")
+    git_cmd(upstream, "checkout", "-q", "-b", "fixes")
+    c1 = upstream.commit("proc: say more", PROC_FIX)
+    git_cmd(clone, "fetch", "-q", "origin")
+    jobs = wait_idle(clone)
+    assert [(j["commit"], j["ref"], j["state"]) for j in jobs] == [
+        (c1, "refs/remotes/origin/fixes", "built")]
+
+
+def test_the_workers_settings_are_the_hooks(warm_kernel: Kernel) -> None:
+    """ksplice.series for manual runs, or a `git -c` on the git command that queued the job,
+    do not make the hook's builds stack; a change that cannot be applied live is `refused`
+    with its reason, not `failed`."""
+    k = warm_kernel
+    k.ksplice("hook", "install", check_state=())
+    k.git("config", "ksplice.series", "true")
+    pre = k.rev("refs/ksplice/pre")
+    k.edit("fs/proc.c", *PROC_FIX["fs/proc.c"])
+    k.git("add", "fs/proc.c")
+    git_cmd(k, "-c", "ksplice.series=true", "commit", "-q", "-m", "proc: say more")
+    k.commit("core: start later", {"kernel/core.c": ("static unsigned long ticks;",
+                                                     "static unsigned long ticks = 5;")})
+    jobs = wait_idle(k)
+    assert [j["state"] for j in jobs] == ["built", "refused"]
+    assert k.rev("refs/ksplice/pre") == pre
+    assert "ticks" in jobs[1]["message"] and jobs[1]["exit_code"] == 65
+    text = k.ksplice("hook", "status", check_state=()).stderr
+    assert "refused" in text and "retrying does not change that" in text
+    k.ksplice("hook", "retry", jobs[1]["id"], expect=1, check_state=())
+
+
+def test_a_failure_in_a_series_is_carried_by_the_next_update(warm_kernel: Kernel) -> None:
+    """--series: a failed build leaves pre where it was, so the next update carries that
+    commit's change too; a plain `retry` then marks the failed job skipped, saying why."""
+    k = warm_kernel
+    k.ksplice("hook", "install", "--series", check_state=())
+    (k.path / "ksplice").rename(k.path / "ksplice.away")
+    c1 = k.commit("proc: say more", PROC_FIX)
+    assert [j["state"] for j in wait_idle(k)] == ["failed"]
+    (k.path / "ksplice.away").rename(k.path / "ksplice")
+    c2 = k.commit("sys: longer name", SYS_FIX)
+    jobs = wait_idle(k)
+    assert [(j["commit"], j["state"]) for j in jobs] == [(c1, "failed"), (c2, "built")]
+    m = json.loads(read_update(Path(jobs[1]["tarball"]))["manifest.json"])
+    assert set(m["targets"]["vmlinux"]["objects"]) == {"fs/proc.o", "kernel/sys.o"}
+    r = k.ksplice("hook", "retry", jobs[0]["id"], expect=1, check_state=())
+    assert "already contains it" in r.stderr
+    r = k.ksplice("hook", "retry", check_state=())
+    assert "nothing" in r.stderr
+    jobs = wait_idle(k)
+    assert jobs[0]["state"] == "skipped" and "later update" in jobs[0]["message"]
+
+
+@pytest.mark.parametrize("kind", ["crlf", "latin1", "shebang-only", "symlink"])
+def test_uninstall_gives_the_users_hook_back_byte_for_byte(warm_kernel: Kernel,
+                                                          tmp_path: Path, kind: str) -> None:
+    k = warm_kernel
+    hook = k.path / ".git/hooks/reference-transaction"
+    data = {"crlf": b"#!/bin/sh\r\necho mine\r\n",
+            "latin1": b"#!/bin/sh\n# caf\xe9\necho mine\n",
+            "shebang-only": b"#!/bin/sh\n",
+            "symlink": b"#!/bin/sh\necho linked\n"}[kind]
+    if kind == "symlink":
+        real = tmp_path / "dotfiles-hook"
+        real.write_bytes(data)
+        real.chmod(0o755)
+        hook.symlink_to(real)
+    else:
+        hook.write_bytes(data)
+        hook.chmod(0o755)
+    k.ksplice("hook", "install", check_state=())
+    assert BEGIN.encode() in hook.read_bytes()
+    k.ksplice("hook", "uninstall", check_state=())
+    assert hook.read_bytes() == data
+    if kind == "symlink":
+        assert hook.is_symlink() and hook.resolve() == real.resolve()
