@@ -228,11 +228,22 @@ def hook_status_cmd(as_json: bool) -> None:
 @click.argument("ids", nargs=-1, metavar="[ID]...")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 def hook_retry_cmd(ids: tuple[str, ...], as_json: bool) -> None:
-    """Queue failed builds again (default: every failed one)."""
+    """Queue failed (or cancelled) builds again (default: every failed one)."""
     from git_ksplice.commands.hook import retry
     from git_ksplice.repo import Repo
 
     sys.exit(retry(Repo.discover(), list(ids), as_json))
+
+
+@hook_group.command("cancel")
+@click.argument("ids", nargs=-1, metavar="[ID]...")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def hook_cancel_cmd(ids: tuple[str, ...], as_json: bool) -> None:
+    """Take queued builds off the queue (default: every queued one)."""
+    from git_ksplice.commands.hook import cancel
+    from git_ksplice.repo import Repo
+
+    sys.exit(cancel(Repo.discover(), list(ids), as_json))
 
 
 @cli.command("completion")

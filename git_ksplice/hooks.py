@@ -46,9 +46,10 @@ SCHEMA = 1
 DEFAULT_LIMIT = 32
 #: A for-each-ref pattern that matches no ref (see Queue.save_fast_path).
 _NO_REF = "refs/ksplice/hook/no-such-ref"
-#: queued -> running -> built | no-change | refused | failed | skipped; `retry` puts failed
-#: (and skipped) ones back.
-STATES = ("queued", "running", "built", "no-change", "refused", "failed", "skipped")
+#: queued -> running -> built | no-change | refused | failed | skipped; queued -> cancelled;
+#: `retry` puts failed (and skipped, cancelled) ones back.
+STATES = ("queued", "running", "built", "no-change", "refused", "failed", "skipped",
+          "cancelled")
 
 #: What ties a process to the git command that ran the hook; the worker must not inherit it
 #: (a `git -c ksplice.series=true commit` is not a setting of the background builds).

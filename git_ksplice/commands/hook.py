@@ -316,7 +316,7 @@ def retry(repo: Repo, ids: list[str], as_json: bool) -> int:
                              hint="`git ksplice hook status` lists them")
         # A job left running by a worker that is gone was interrupted: retried like a failure.
         interrupted = ("running",) if queue.worker_running() is None else ()
-        retryable = ("failed", "skipped", *interrupted)
+        retryable = ("failed", "skipped", "cancelled", *interrupted)
         default = ("failed", *interrupted)
         chosen = ([by_id[i] for i in ids] if ids
                   else [j for j in jobs if j.state in default])
@@ -349,4 +349,31 @@ def retry(repo: Repo, ids: list[str], as_json: bool) -> int:
     else:
         ui.console.print("queued again: " + (", ".join(j.id for j in chosen) or "nothing "
                                              "(no failed build)"))
+    return EXIT_OK
+
+
+def cancel(repo: Repo, ids: list[str], as_json: bool) -> int:
+    """Take queued jobs off the queue (an accidental pull, a branch pushed by mistake); a
+    running build finishes."""
+    queue = hooks.Queue(repo.common_dir)
+    with queue.locked():
+        jobs = queue.jobs()
+        by_id = {j.id: j for j in jobs}
+        unknown = [i for i in ids if i not in by_id]
+        if unknown:
+            raise InputError(f"no queued update with id {', '.join(unknown)}",
+                             hint="`git ksplice hook status` lists them")
+        chosen = [by_id[i] for i in ids] if ids else [j for j in jobs if j.state == "queued"]
+        bad = [j for j in chosen if j.state != "queued"]
+        if bad:
+            raise InputError(f"update {bad[0].id} is {bad[0].state}, not queued: only queued "
+                             "jobs are cancelled")
+        for j in chosen:
+            j.state, j.message = "cancelled", "cancelled by `git ksplice hook cancel`"
+            queue.save(j)
+    if as_json:
+        ui.print_json({"schema": hooks.SCHEMA, "cancelled": [j.public() for j in chosen]})
+    else:
+        ui.console.print("cancelled: " + (", ".join(j.id for j in chosen) or "nothing (no "
+                                          "queued job)"))
     return EXIT_OK

@@ -466,3 +466,32 @@ def test_uninstall_gives_the_users_hook_back_byte_for_byte(warm_kernel: Kernel,
     assert hook.read_bytes() == data
     if kind == "symlink":
         assert hook.is_symlink() and hook.resolve() == real.resolve()
+
+
+def test_cancel_takes_queued_jobs_off(warm_kernel: Kernel, fake_make, tmp_path: Path) -> None:
+    """An accidental pull queued builds nobody wants: cancel them; the running one ends."""
+    k = warm_kernel
+    k.ksplice("hook", "install", check_state=())
+    building = tmp_path / "building"
+    slow = fake_make("slow", f"touch {building}; sleep 3")
+    env = dict(os.environ, PATH=f"{slow}{os.pathsep}{os.environ['PATH']}")
+    git_cmd(k, "checkout", "-q", "-b", "pull")
+    c1 = k.commit("proc: say more", PROC_FIX)
+    k.commit("sys: longer name", SYS_FIX)
+    k.commit("demo: one more", DEMO_FIX)
+    git_cmd(k, "checkout", "-q", "main")
+    r = subprocess.run(["git", "merge", "-q", "--ff-only", "pull"], cwd=k.path, env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, explain(r)
+    deadline = time.monotonic() + 30
+    while not building.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    r = k.ksplice("hook", "cancel", "--json", check_state=())
+    assert [j["state"] for j in json.loads(r.stdout)["cancelled"]] == ["cancelled"] * 2
+    jobs = wait_idle(k)
+    assert [(j["commit"] == c1, j["state"]) for j in jobs] == [
+        (True, "built"), (False, "cancelled"), (False, "cancelled")]
+    k.ksplice("hook", "cancel", jobs[0]["id"], expect=1, check_state=())
+    k.ksplice("hook", "retry", jobs[2]["id"], check_state=())
+    assert [j["state"] for j in wait_idle(k)] == ["built", "cancelled", "built"]
