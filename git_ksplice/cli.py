@@ -215,13 +215,16 @@ def hook_uninstall_cmd(as_json: bool) -> None:
 
 
 @hook_group.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-def hook_status_cmd(as_json: bool) -> None:
+@click.option("--all", "show_all", is_flag=True, help="Every job, not only the queued, "
+              "running and last ten finished ones.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout "
+              "(every job).")
+def hook_status_cmd(show_all: bool, as_json: bool) -> None:
     """Show queued, running, built and failed updates, with their logs."""
     from git_ksplice.commands.hook import status
     from git_ksplice.repo import Repo
 
-    sys.exit(status(Repo.discover(), as_json))
+    sys.exit(status(Repo.discover(), as_json, show_all))
 
 
 @hook_group.command("retry")

@@ -252,7 +252,11 @@ def _when(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
 
 
-def status(repo: Repo, as_json: bool) -> int:
+#: Finished jobs `hook status` shows without --all (queued and running ones always).
+RECENT = 10
+
+
+def status(repo: Repo, as_json: bool, show_all: bool = False) -> int:
     queue = hooks.Queue(repo.common_dir)
     path = hook_path(repo)
     installed = path.exists() and _block_span(path.read_bytes()) is not None
@@ -265,9 +269,10 @@ def status(repo: Repo, as_json: bool) -> int:
             if j.state == "running":
                 j.message = ("interrupted: the worker is gone; the next worker (or `git "
                              "ksplice hook retry`) runs it again")
+    pre = repo.ref(REF_PRE)
     if as_json:
         ui.print_json({"schema": hooks.SCHEMA, "installed": installed, "hook": str(path),
-                       "watch": watch, "series": series_on,
+                       "watch": watch, "series": series_on, "pre": pre,
                        "worker": {"pid": worker, "log": str(queue.worker_log)},
                        "jobs": [j.public() for j in jobs]})
         return EXIT_OK
@@ -275,12 +280,26 @@ def status(repo: Repo, as_json: bool) -> int:
     con.print(f"hook: {'installed in ' + str(path) if installed else 'not installed'}"
               + (f"; watching {', '.join(watch)}" if watch else "")
               + (" (--series)" if series_on else ""))
+    if installed and not os.access(path, os.X_OK):
+        con.print(f"[yellow]warning:[/] {path} is not executable: git does not run it")
+    con.print("refs/ksplice/pre: " + (f"{pre[:12]} {repo.commit_subject(pre)}" if pre
+                                       else "not set (the running kernel's source)"),
+              markup=False)
+    if installed:
+        _warn_without_orig_config(repo)
     con.print(f"worker: {'running, pid ' + str(worker) if worker else 'idle'} "
               f"(log {queue.worker_log})")
     if not jobs:
         con.print("no updates queued yet")
         return EXIT_OK
-    for j in jobs:
+    shown = jobs
+    if not show_all:
+        finished = [j for j in jobs if j.state not in ("queued", "running")]
+        older = {j.seq for j in finished[:-RECENT]}
+        shown = [j for j in jobs if j.seq not in older]
+        if older:
+            con.print(f"({len(older)} older finished jobs not shown: --all shows them)")
+    for j in shown:
         state = j.state + (f" (exit {j.exit_code})" if j.state == "failed" and j.exit_code
                            else "")
         con.print(f"#{j.seq} {j.id}  {state:<10} {j.commit[:12]} {j.subject}  "
