@@ -149,7 +149,7 @@ def view_cmd(tarball: str | None, update_id: str | None, as_json: bool) -> None:
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds for the boot.")
 @click.option("--keep", metavar="DIR", help="Keep the initramfs and console log in DIR.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-def try_cmd(tarball: str, kernel: str, check: str | None, modules: tuple[str, ...],
+def try_cmd(tarball: str, kernel: str | None, check: str | None, modules: tuple[str, ...],
             timeout: float, keep: str | None, as_json: bool) -> None:
     """Boot KERNEL under qemu and prove the update: load, check, undo.
 
@@ -157,15 +157,6 @@ def try_cmd(tarball: str, kernel: str, check: str | None, modules: tuple[str, ..
     """
     from git_ksplice.commands.try_update import run
 
-    if kernel is None:
-        import subprocess
-
-        r = subprocess.run(["git", "config", "--type=path", "--get", "ksplice.kernel"],
-                           capture_output=True, text=True)
-        kernel = r.stdout.strip() or None
-        if kernel is None:
-            raise click.UsageError("give the running kernel's image: --kernel BZIMAGE (or "
-                                   "set ksplice.kernel)")
     sys.exit(run(tarball, kernel, check, modules, timeout, as_json, keep))
 
 
@@ -184,7 +175,7 @@ def hook_group() -> None:
 
     The hook queues; one worker per repository builds, oldest commit first, and logs to the
     common git dir (ksplice/logs/hook/). Settings: ksplice.watch (multi-valued),
-    ksplice.hookSeries.
+    ksplice.hookSeries, ksplice.hookLimit.
     """
 
 

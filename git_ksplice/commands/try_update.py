@@ -72,8 +72,24 @@ _EXPECT = {
 }
 
 
-def run(tarball: str, kernel: str, check: str | None, modules: tuple[str, ...],
+def _configured_kernel() -> str:
+    """ksplice.kernel, read through git (so `git -c` works; outside a repository only the
+    user's and the system's configuration)."""
+    import subprocess
+
+    r = subprocess.run(["git", "config", "--type=path", "--get", "ksplice.kernel"],
+                       capture_output=True, text=True)
+    if not r.stdout.strip():
+        raise InputError("which kernel should boot? no --kernel was given and ksplice.kernel "
+                         "is not set", hint="pass --kernel BZIMAGE (the running kernel's "
+                                            "image) or set ksplice.kernel")
+    return r.stdout.strip()
+
+
+def run(tarball: str, kernel: str | None, check: str | None, modules: tuple[str, ...],
         timeout: float, as_json: bool, keep: str | None) -> int:
+    if kernel is None:
+        kernel = _configured_kernel()
     update = read_tarball(Path(tarball))
     livepatch = [line.split() for line in update.text("contents").splitlines()
                  if line.startswith("livepatch ")]

@@ -5,6 +5,7 @@ Booting a real kernel is the real-kernel tier's job (tests/kernel)."""
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import subprocess
 import sys
@@ -61,3 +62,15 @@ def test_not_an_update(tmp_path: Path) -> None:
     r = _try(str(bogus), "--kernel", str(tmp_path / "bzImage"))
     assert r.returncode == 1
     assert "cannot read update" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_kernel_from_git_config(tmp_path: Path) -> None:
+    """--kernel defaults to ksplice.kernel (through git, so `git -c` works)."""
+    bogus = tmp_path / "bogus.tar.gz"
+    bogus.write_bytes(b"not a tarball")
+    r = _try(str(bogus))
+    assert r.returncode == 1 and "no --kernel was given" in r.stderr, r.stderr
+    r = subprocess.run(["git", "-c", f"ksplice.kernel={tmp_path / 'bzImage'}", "ksplice",
+                        "try", str(bogus)], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PATH": f"{REPO / 'bin'}:{os.environ['PATH']}"})
+    assert r.returncode == 1 and "cannot read update" in r.stderr, r.stderr
