@@ -43,6 +43,8 @@ class Comparison:
         self.reason: dict[int, str] = {}
         #: (unit label, section, message) differences that were recognised as no change.
         self.ignored: list[tuple[str, str, str]] = []
+        #: changed read-only data -> the __init code that uses it (which will not run again)
+        self.init_users: dict[int, set[str]] = {}
         self._entries_o = self._entries_by_function(self.o)
         self._entries_p = self._entries_by_function(self.p)
         for u in self.p.units:
@@ -266,7 +268,12 @@ class Comparison:
                 if u is None or u is tu or self.status[id(u)] != SAME:
                     continue
                 if u.kind in (Kind.INIT, Kind.IGNORED):
-                    continue  # __init code already ran: what it would now see is moot
+                    # __init code already ran and is gone: nothing to re-link. But what it did
+                    # with the data (registered an ops table, say) still points at the old
+                    # copy, so the change cannot take effect: the differ refuses it.
+                    if u.kind == Kind.INIT and tu.kind == Kind.RODATA:
+                        self.init_users.setdefault(id(tu), set()).add(u.label)
+                    continue
                 t = self.p.target(r, u)
                 if tu.kind == Kind.RODATA:
                     why = f"uses {tu.label}, which changed"

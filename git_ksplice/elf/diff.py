@@ -255,6 +255,13 @@ class _Differ:
                                   "the running kernel's copy holds live state and is not "
                                   "re-initialised; make the change in code (a livepatch "
                                   "callback or a shadow variable)")
+            elif kind == Kind.RODATA and st == CHANGED and id(u) in self.cmp.init_users:
+                users = ", ".join(sorted(self.cmp.init_users[id(u)]))
+                self._refusal(u, None, f"changed read-only data ({reason}) used by __init code "
+                              f"({users}), which ran at boot and may have kept its address "
+                              "(a registered ops table, say): the running kernel would go on "
+                              "using the old copy; make the change in code the running kernel "
+                              "calls")
             elif kind == Kind.PERCPU and st == CHANGED:
                 self._refusal(u, None, "changed per-CPU data")
             elif kind == Kind.EXPORT and u.section.name != "__ksymtab_strings":

@@ -697,3 +697,30 @@ def test_bad_input_is_a_one_line_error(tmp_path: Path, problem: str) -> None:
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1, run.describe()
     assert not out.exists()
+
+
+INIT_REGISTERED_OPS = """
+struct ops { int (*show)(int); int (*write)(int); };
+void register_ops(const struct ops *o);
+static int show_fn(int x) { return ext_work(x); }
+@WRITE_FN@
+static const struct ops my_ops = { .show = show_fn, @WRITE@ };
+__init int setup_ops(void)
+{
+    register_ops(&my_ops);
+    return 0;
+}
+"""
+
+
+def test_changed_const_data_registered_by_init_code_is_refused(bench: Workbench) -> None:
+    """A const ops table gains a method; only __init code uses it, to register it at boot.
+    The running kernel keeps the old table, so nothing would change: refused (not "no
+    change"), naming the table and the init function."""
+    orig, _patched = bench.build(
+        c_source(INIT_REGISTERED_OPS, WRITE_FN="", WRITE=""),
+        c_source(INIT_REGISTERED_OPS,
+                 WRITE_FN="static int write_fn(int x) { return ext_work(x) + 2; }",
+                 WRITE=".write = write_fn"))
+    assert "my_ops" in data_symbols(orig)
+    expect_refused(bench.diff(), "my_ops", "setup_ops")
