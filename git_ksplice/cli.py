@@ -78,6 +78,9 @@ def _create_options(f):
                      "(default: ksplice.outputDir, or .git/ksplice/updates)."),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON document on "
                      "stdout."),
+        click.option("--allow-layout-change", is_flag=True, help="Build even though the "
+                     "change alters a struct or union's layout (only safe when no object of "
+                     "the type exists while the update is loaded)."),
         click.option("--wait/--no-wait", default=None, help="Wait for another create on this "
                      "repository to finish (default; ksplice.wait), or fail at once."),
     ]):
@@ -105,7 +108,8 @@ def _run_create(commit: str | None, source: str | None = None, **kw) -> None:
         build_modules=kw["build_modules"], only_targets=list(kw["only_targets"]),
         extra_match=list(kw["extra_match"]), exclude_match=list(kw["exclude_match"]),
         skip_prebuild=kw["skip_prebuild"], patch_opts=list(kw["patch_opts"]),
-        output=kw["output"], as_json=kw["as_json"], wait=kw["wait"], source=source)
+        output=kw["output"], as_json=kw["as_json"], wait=kw["wait"], source=source,
+        allow_layout_change=kw["allow_layout_change"])
     sys.exit(run(opts))
 
 

@@ -82,6 +82,8 @@ class CreateOptions:
     output: str | None = None
     as_json: bool = False
     wait: bool | None = None
+    #: build even though a struct or union changes layout (see git_ksplice.layout)
+    allow_layout_change: bool = False
     #: Where relative paths (--patch, --config, -o) are resolved: the user's directory.
     cwd: str = field(default_factory=os.getcwd)
     #: Where the repository is found (ksplice-create's KERNEL_SOURCE); default `cwd`.
@@ -240,6 +242,8 @@ def _run(opts: CreateOptions) -> int:
         # kernel build, nor leave refs/ksplice/pre behind.
         pre, pre_ref = _pre(repo, opts)
         change = None if opts.prebuild else _change(repo, opts, pre)
+        if change is not None:
+            _check_layouts(repo, opts, pre, change.post, phases)
         if pre_ref != pre:
             why = ("--series --prebuild at HEAD" if pre_ref else "start at HEAD")
             repo.update_ref(REF_PRE, pre, pre_ref, f"ksplice create: {why} ({pre[:12]})")
@@ -319,6 +323,37 @@ def _pre(repo: Repo, opts: CreateOptions) -> tuple[str, str | None]:
                          "running kernel's source", hint="commit the running kernel's source "
                                                         "first")
     return head, pre
+
+
+def _check_layouts(repo: Repo, opts: CreateOptions, pre: str, post: str,
+                   phases: ui.Phases) -> None:
+    """Refuse a change to the layout of a struct or union (see git_ksplice.layout), before
+    anything is built, unless --allow-layout-change says no object of the type is live."""
+    from git_ksplice.layout import changed_layouts
+
+    names = repo.git("diff", "--name-only", "-z", "--no-renames", pre, post, "--", "*.c",
+                     "*.h", isolated=True).stdout.split("\0")
+    found = []
+    for path in filter(None, names):
+        before, after = repo.read_blob(pre, path), repo.read_blob(post, path)
+        if before is None or after is None:
+            continue
+        found += changed_layouts(path, before.decode("utf-8", "replace"),
+                                 after.decode("utf-8", "replace"))
+    if not found:
+        return
+    listed = ", ".join(c.describe() for c in found)
+    if opts.allow_layout_change:
+        phases.note(f"warning: the change alters the layout of {listed}; allowed by "
+                    "--allow-layout-change")
+        return
+    raise RefusedError(
+        f"the change alters the layout of {listed}: objects the running kernel already "
+        "allocated keep the old layout, and the new code would read and write them at the "
+        "wrong offsets",
+        hint="keep new members in a shadow variable (klp_shadow_alloc/klp_shadow_get) "
+             "instead; if no object of the type can exist while the update is loaded, pass "
+             "--allow-layout-change")
 
 
 def _change(repo: Repo, opts: CreateOptions, pre: str) -> inputs.Change:

@@ -222,6 +222,20 @@ def test_function_with_exception_table_entries(kernel_repo: KernelRepo) -> None:
     ("resized-data", {"kernel/reboot.c": [
         ("static char poweroff_cmd[POWEROFF_CMD_PATH_LEN] = ",
          "static char poweroff_cmd[POWEROFF_CMD_PATH_LEN + 8] = ")]}, 65, "resized"),
+    # A member at the head of a struct live objects have (every open /proc/PID/maps): built,
+    # such an update oopses the first reader. Refused from the source, before any build.
+    ("struct-layout", {"fs/proc/internal.h": [
+        ("struct proc_maps_private {\n\tstruct inode *inode;",
+         "struct proc_maps_private {\n\tunsigned long generation;\n\tstruct inode *inode;")]},
+     65, "layout of struct proc_maps_private (fs/proc/internal.h:307)"),
+    # A const ops table registered at boot by __init code gains a method: the running kernel
+    # keeps the old table, so the update could not change anything.
+    ("init-registered-ops", {"fs/proc/stat.c": [
+        ("static const struct proc_ops stat_proc_ops = {\n",
+         "static ssize_t stat_write(struct file *f, const char __user *b, size_t n, "
+         "loff_t *p)\n{\n\treturn n;\n}\n\n"
+         "static const struct proc_ops stat_proc_ops = {\n\t.proc_write\t= stat_write,\n")]},
+     65, "used by __init code (proc_stat_init)"),
 ])
 def test_unsafe_or_empty_changes_are_refused(kernel_repo: KernelRepo, name: str, edits: dict,
                                               code: int, reason: str) -> None:

@@ -290,3 +290,42 @@ def test_unrelated_fixes_in_a_row(warm_kernel: Kernel) -> None:
     assert diff_objects(read_update(k.tarball("proc2"))) == diff_objects(
         read_update(k.tarball("proc")))
     k.assert_tree_clean()
+
+
+STRUCT_BASE = {
+    "include/tiny.h": ("unsigned long jiffies_now(void);",
+                       "unsigned long jiffies_now(void);\n\nstruct tiny_req {\n"
+                       "\tunsigned long len;\n};"),
+    "kernel/sys.c": ("long sys_uname(char *buf, unsigned long len)\n{\n"
+                     "\treturn scnprintf(buf, len, sysname);",
+                     "noinline unsigned long req_len(struct tiny_req *r)\n{\n"
+                     "\treturn r->len;\n}\n\n"
+                     "long sys_uname(char *buf, unsigned long len)\n{\n"
+                     "\tstruct tiny_req req = { .len = len };\n\n"
+                     "\treturn scnprintf(buf, req_len(&req), sysname);"),
+}
+
+
+def test_struct_layout_change_is_refused_before_building(kernel: Kernel) -> None:
+    """A member added to a struct: refused from the source, before any build, naming the
+    struct (objects the running kernel has would be misread); --allow-layout-change builds
+    it anyway, for a type that has no object live across the update (here: on the stack)."""
+    k = kernel
+    k.commit("tiny_req", STRUCT_BASE)
+    k.create("--prebuild")
+    pre = k.rev("refs/ksplice/pre")
+    k.commit("tiny_req: flags", {
+        "include/tiny.h": ("\tunsigned long len;\n", "\tunsigned long flags;\n"
+                           "\tunsigned long len;\n")})
+    r = k.create("--id", "layout", "--json", expect=65)
+    assert "layout of struct tiny_req (include/tiny.h:" in r.stderr
+    assert "shadow variable" in r.stderr and "--allow-layout-change" in r.stderr
+    assert json.loads(r.stdout)["result"] == "refused"
+    assert "pristine build" not in r.stderr  # refused before building anything
+    assert not k.tarball("layout").exists() and k.rev("refs/ksplice/pre") == pre
+    k.assert_no_tmp_refs()
+
+    r = k.create("--id", "layout", "--allow-layout-change")
+    assert "warning: the change alters the layout of struct tiny_req" in r.stderr
+    assert changed_functions(manifest(read_update(k.tarball("layout")))) == {
+        "kernel/sys.o": ["req_len", "sys_uname"]}
