@@ -79,6 +79,8 @@ class Job:
     attempts: int = 0
     #: why this job stands for more than its commit (ksplice.hookLimit)
     note: str | None = None
+    #: `update`, or `prebuild`: warming the pristine tree of refs/ksplice/pre (at install)
+    kind: str = "update"
     #: where and how to run git-ksplice: the directory the hook ran in, and the absolute
     #: GIT_DIR / GIT_WORK_TREE it ran with (a bare server sets GIT_DIR=.)
     cwd: str = ""
@@ -358,6 +360,25 @@ def enqueue(cwd: str, env: dict[str, str] | None = None,
     return new_jobs
 
 
+def queue_prebuild(cwd: str, pre: str) -> Job:
+    """A job that builds the pristine tree of refs/ksplice/pre, so that the first commit's
+    update does not wait for a whole kernel build."""
+    queue = Queue(_common_dir(cwd))
+    with queue.locked():
+        for j in queue.jobs():  # installed twice: one warm-up is enough
+            if j.kind == "prebuild" and j.commit == pre and j.state in ("queued", "running"):
+                return j
+        seq = queue.last_seq() + 1
+        uid = f"prebuild_{seq}"
+        job = Job(seq=seq, id=uid, ref="refs/ksplice/pre", commit=pre,
+                  subject="warm the pristine build", series=False, queued_at=time.time(),
+                  log=str(queue.logs_dir / f"{seq:06d}-{uid}.log"),
+                  cwd=str(Path(cwd).resolve()), kind="prebuild")
+        queue.save(job)
+    spawn_worker(queue.common_dir)
+    return job
+
+
 def record_tips(cwd: str) -> dict[str, str]:
     """Remember the watched refs where they are now: what is already there is not built."""
     queue = Queue(_common_dir(cwd))
@@ -461,9 +482,13 @@ def run_job(queue: Queue, job: Job) -> None:
             log.write(f"skipped: {skip}\n")
         else:
             # --json for the tarball's path, -v for a log with the build's output
-            cmd = [sys.executable, "-m", "git_ksplice", "create", job.commit, "--id", job.id,
-                   "--json", "-v", "--description", f"{job.subject} ({job.commit[:12]}, "
-                   f"{job.ref.removeprefix('refs/heads/')})"]
+            if job.kind == "prebuild":
+                cmd = [sys.executable, "-m", "git_ksplice", "create", "--prebuild", "--json",
+                       "-v"]
+            else:
+                cmd = [sys.executable, "-m", "git_ksplice", "create", job.commit, "--id",
+                       job.id, "--json", "-v", "--description", f"{job.subject} "
+                       f"({job.commit[:12]}, {job.ref.removeprefix('refs/heads/')})"]
             # Everything explicit: the user's settings for manual runs (ksplice.series,
             # ksplice.wait) are not the hook's.
             cmd += ["--series" if job.series else "--no-series", "--wait"]

@@ -183,12 +183,20 @@ def install(repo: Repo, branches: list[str], series: bool | None, as_json: bool)
         ui.console.print(f"refs/ksplice/pre created at {present[0]} ({tip[:12]}): the running "
                          "kernel's source (move it with `git update-ref refs/ksplice/pre "
                          "COMMIT` if it is not)")
-    _warn_without_orig_config(repo)
+    usable = _warn_without_orig_config(repo)
     tips = hooks.record_tips(cwd)
+    pre = repo.ref(REF_PRE)
+    warming = None
+    if usable and pre is not None and not _pristine_built(repo, pre):
+        warming = hooks.queue_prebuild(cwd, pre)
+        ui.console.print(f"building the pristine tree of refs/ksplice/pre ({pre[:12]}) in "
+                         "the background now, so the first update does not wait for it "
+                         f"(log {warming.log})")
     series_on = repo.config("ksplice.hookSeries", type="bool") == "true"
     if as_json:
         ui.print_json({"schema": hooks.SCHEMA, "hook": str(path), "watch": watch,
-                       "series": series_on, "tips": tips})
+                       "series": series_on, "tips": tips,
+                       "prebuild": warming.public() if warming else None})
     else:
         ui.console.print(f"installed {path}: watching {', '.join(watch)}"
                          + (" (--series)" if series_on else ""))
@@ -198,8 +206,9 @@ def install(repo: Repo, branches: list[str], series: bool | None, as_json: bool)
     return EXIT_OK
 
 
-def _warn_without_orig_config(repo: Repo) -> None:
-    """Every background build would fail without ORIG_CONFIG: say so now, not in a log."""
+def _warn_without_orig_config(repo: Repo) -> bool:
+    """Every background build would fail without ORIG_CONFIG: say so now, not in a log.
+    True when it is there."""
     from git_ksplice.commands.create import CreateOptions, find_orig_config
     from git_ksplice.errors import KspliceError
 
@@ -208,6 +217,15 @@ def _warn_without_orig_config(repo: Repo) -> None:
     except KspliceError as e:
         ui.console.print(f"[yellow]warning:[/] the builds will fail until this is fixed: "
                          f"{e.message}" + (f" ({e.hint})" if e.hint else ""))
+        return False
+    return True
+
+
+def _pristine_built(repo: Repo, pre: str) -> bool:
+    from git_ksplice.build import BuildTree
+
+    st = BuildTree(repo).state()
+    return st.get("phase") == "pristine" and st.get("pre") == pre
 
 
 def _watch_values(repo: Repo) -> list[str]:
@@ -302,7 +320,9 @@ def status(repo: Repo, as_json: bool, show_all: bool = False) -> int:
     for j in shown:
         state = j.state + (f" (exit {j.exit_code})" if j.state == "failed" and j.exit_code
                            else "")
-        con.print(f"#{j.seq} {j.id}  {state:<10} {j.commit[:12]} {j.subject}  "
+        what = (f"{j.commit[:12]} {j.subject}" if j.kind == "update"
+                else f"pristine build of refs/ksplice/pre ({j.commit[:12]})")
+        con.print(f"#{j.seq} {j.id}  {state:<10} {what}  "
                   f"({j.ref.removeprefix('refs/heads/')})", markup=False)
         times = f"queued {_when(j.queued_at)}"
         if j.started_at:
