@@ -4,10 +4,11 @@ one background worker per repository builds them, oldest first.
 Why one `reference-transaction` hook: it is the only hook git runs for every way a branch
 moves (commit, merge, rebase, reset, `fetch` into a branch or a remote-tracking ref, and a
 push received by a bare repository), so it is the only one that cannot miss a move. It runs
-for every ref update of every command, twice, so the line we put in it does nothing unless
-the transaction is `committed`, and `notify` only compares the watched refs with the tips it
-saw last (a few `git` calls) before it returns; it never builds. It imports nothing but the
-standard library, for the same reason.
+for every ref update of every command, twice, so our block does nothing unless the
+transaction is `committed`, and then compares the watched refs with what the last run saw in
+the shell (three `git` calls); only when they differ does it start `notify`, which queues and
+returns, never builds. This module imports nothing but the standard library, for the same
+reason.
 
 The queue lives in the common git dir (`ksplice/hook/`): one JSON file per job, named by its
 sequence number, so the order is the order the commits landed and a commit is queued once.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from git_ksplice.hooks import BEGIN
+from git_ksplice.hooks import BEGIN, STATES
 from tests.workflow.conftest import (
     DEMO_FIX,
     PROC_FIX,
@@ -33,6 +33,7 @@ def status(k: Kernel, cwd: Path | None = None) -> dict:
     r = k.ksplice("hook", "status", "--json", cwd=cwd, check_state=())
     doc = json.loads(r.stdout)
     assert doc["schema"] == 1
+    assert all(j["state"] in STATES for j in doc["jobs"]), doc["jobs"]
     return doc
 
 
