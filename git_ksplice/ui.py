@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -21,9 +22,10 @@ def print_json(document: dict[str, Any]) -> None:
 
 
 def error(message: str, hint: str | None = None) -> None:
-    console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    # The message is text, not markup: make's `[scripts/Makefile.build:255: x.o]` must print.
+    console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
     if hint:
-        console.print(f"[dim]hint:[/] {hint}")
+        console.print(f"[dim]hint:[/] {escape(hint)}", markup=True, highlight=False)
 
 
 class Phases:
@@ -50,7 +52,7 @@ class Phases:
             self._status = console.status(f"{phase}...")
             self._status.start()
         else:
-            console.print(f"{phase}...")
+            console.print(f"{phase}...", markup=False)
 
     def build_line(self, line: str, compiled: int) -> None:
         if self.verbose:
@@ -64,13 +66,14 @@ class Phases:
         self.stop()
         if not self.quiet:
             console.print(f"{self._phase}: done in {elapsed:.1f}s" + (f" ({summary})"
-                                                                       if summary else ""))
+                                                                       if summary else ""),
+                          markup=False)
 
     def note(self, message: str) -> None:
         if self._status is not None:
-            self._status.console.print(message)
+            self._status.console.print(message, markup=False)
         elif not self.quiet:
-            console.print(message)
+            console.print(message, markup=False)
 
     def stop(self) -> None:
         if self._status is not None:

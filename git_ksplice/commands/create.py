@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from git_ksplice import __version__, inputs, ui
 from git_ksplice.build import (
     BuildSettings,
@@ -622,5 +624,5 @@ def _report(opts: CreateOptions, update_id: str, tarball: Path, pre: str,
         for f in r.result.new:
             c.print(f"new      {r.target}: {f.name} ({r.path})")
         for w in r.result.warnings:
-            c.print(f"[yellow]warning[/]  {r.path}: {w.symbol}: {w.message}")
+            c.print("[yellow]warning[/]  " + escape(f"{r.path}: {w.symbol}: {w.message}"))
     c.print(f"Update {update_id}: {tarball}")

@@ -6,6 +6,7 @@ import contextlib
 import os
 import tempfile
 
+from rich.markup import escape
 from rich.table import Table
 
 from git_ksplice import ui
@@ -107,9 +108,9 @@ def _show(res: DiffResult, written: str | None) -> None:
     for i in res.ignored:
         c.print(f"ignored  {i.symbol}: {i.message}")
     for w in res.warnings:
-        c.print(f"[yellow]warning[/]  {w.symbol or w.section}: {w.message}")
+        c.print("[yellow]warning[/]  " + escape(f"{w.symbol or w.section}: {w.message}"))
     for r in res.refusals:
         where = " in ".join(x for x in (r.symbol, r.section) if x)
-        c.print(f"[bold red]refused[/]  {where}: {r.message}")
+        c.print("[bold red]refused[/]  " + escape(f"{where}: {r.message}"))
     if written:
         c.print(f"Wrote {written}")

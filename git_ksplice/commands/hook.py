@@ -12,6 +12,8 @@ import os
 import time
 from pathlib import Path
 
+from rich.markup import escape
+
 from git_ksplice import hooks, ui
 from git_ksplice.errors import EXIT_OK, InputError
 from git_ksplice.repo import REF_PRE, Repo
@@ -167,9 +169,9 @@ def install(repo: Repo, branches: list[str], series: bool | None, as_json: bool)
             _write(path, new, path.stat().st_mode & 0o7777)
     shared = _shared_hooks_path(repo)
     if shared:
-        ui.console.print(f"[yellow]note:[/] core.hooksPath is set in {shared}: the hook in "
-                         f"{path.parent} runs for every repository that uses it (those "
-                         "without ksplice.watch only pay its shell check)")
+        ui.console.print("[yellow]note:[/] " + escape(
+            f"core.hooksPath is set in {shared}: the hook in {path.parent} runs for every "
+            "repository that uses it (those without ksplice.watch only pay its shell check)"))
 
     pre = repo.ref(REF_PRE)
     watch = hooks.watched_refs(_watch_values(repo), set(repo.refs("refs/")))
@@ -215,8 +217,9 @@ def _warn_without_orig_config(repo: Repo) -> bool:
     try:
         find_orig_config(repo, CreateOptions(cwd=str(_cwd(repo))))
     except KspliceError as e:
-        ui.console.print(f"[yellow]warning:[/] the builds will fail until this is fixed: "
-                         f"{e.message}" + (f" ({e.hint})" if e.hint else ""))
+        ui.console.print("[yellow]warning:[/] " + escape(
+            f"the builds will fail until this is fixed: {e.message}"
+            + (f" ({e.hint})" if e.hint else "")))
         return False
     return True
 
@@ -249,8 +252,9 @@ def uninstall(repo: Repo, as_json: bool) -> int:
             removed = True
             shared = _shared_hooks_path(repo)
             if shared:
-                ui.console.print(f"[yellow]note:[/] core.hooksPath is set in {shared}: the "
-                                 "hook is gone for every repository that uses it")
+                ui.console.print("[yellow]note:[/] " + escape(
+                    f"core.hooksPath is set in {shared}: the hook is gone for every "
+                    "repository that uses it"))
     for key in ("ksplice.watch", "ksplice.hookSeries"):
         repo.git("config", "--unset-all", key, cwd=_cwd(repo), check=False)
     queue = hooks.Queue(repo.common_dir)
@@ -299,7 +303,7 @@ def status(repo: Repo, as_json: bool, show_all: bool = False) -> int:
               + (f"; watching {', '.join(watch)}" if watch else "")
               + (" (--series)" if series_on else ""))
     if installed and not os.access(path, os.X_OK):
-        con.print(f"[yellow]warning:[/] {path} is not executable: git does not run it")
+        con.print("[yellow]warning:[/] " + escape(f"{path} is not executable: git does not run it"))
     con.print("refs/ksplice/pre: " + (f"{pre[:12]} {repo.commit_subject(pre)}" if pre
                                        else "not set (the running kernel's source)"),
               markup=False)

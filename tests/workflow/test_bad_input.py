@@ -197,6 +197,8 @@ def test_build_failure_shows_compiler_error_and_log(warm_kernel: Kernel) -> None
     r = k.create("--id", "broken", expect=1)
     assert r.stdout == ""
     assert re.search(r"fs/proc\.c:\d+:\d+: error: ", r.stderr), r.stderr
+    # make's own line, brackets and all (the console must not take them for markup)
+    assert re.search(r"\*\*\* \[\S*Makefile:\d+: fs/proc\.o\] Error", r.stderr), r.stderr
     assert str(k.log("broken")) in r.stderr
     assert "error: expected" in k.log("broken").read_text()
     assert k.ksplice_refs() == refs
@@ -390,3 +392,16 @@ def test_interrupted_with_ctrl_c(warm_kernel: Kernel, fake_make, tmp_path: Path)
     assert k.ksplice_refs() == refs
     k.assert_tree_clean()
     k.create("--id", "int")
+
+
+def test_error_text_is_printed_as_text() -> None:
+    """Kernel make prints `[scripts/Makefile.build:255: x.o]`, which rich would take for a
+    style tag and drop (seen in hook logs on Linux 6.1)."""
+    from git_ksplice import ui
+
+    with ui.console.capture() as cap:
+        ui.error("make[3]: *** [scripts/Makefile.build:255: fs/proc/version.o] Error 1",
+                 "full log: [logs/x.log]")
+    out = cap.get()
+    assert "[scripts/Makefile.build:255: fs/proc/version.o] Error 1" in out, out
+    assert "[logs/x.log]" in out, out
