@@ -192,7 +192,12 @@ def hook_group() -> None:
               "on the previous (sets ksplice.hookSeries).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 def hook_install_cmd(branches: tuple[str, ...], series: bool | None, as_json: bool) -> None:
-    """Add git-ksplice to the repository's reference-transaction hook."""
+    """Add git-ksplice to the repository's reference-transaction hook.
+
+    Also creates refs/ksplice/pre at the first watched branch when it does not exist (it must
+    be the running kernel's source), and starts building its pristine tree in the background
+    when that is not built yet. Commits already on the branches are not built.
+    """
     from git_ksplice.commands.hook import install
     from git_ksplice.repo import Repo
 

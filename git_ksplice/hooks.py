@@ -500,7 +500,8 @@ def run_job(queue: Queue, job: Job) -> None:
             doc: dict = {}
             with contextlib.suppress(ValueError):
                 doc = json.loads(r.stdout)
-            reason = " ".join(x for x in (doc.get("message"), doc.get("hint")) if x)
+            reason = (doc.get("message") or "") + (f"\nhint: {doc['hint']}"
+                                                    if doc.get("hint") else "")
             if code == 0:
                 state, tarball = "built", doc.get("tarball")
             elif code == 66:
@@ -514,6 +515,16 @@ def run_job(queue: Queue, job: Job) -> None:
         job.state, job.finished_at, job.exit_code = state, time.time(), code
         job.message, job.tarball = message, tarball
         queue.save(job)
+        if state == "built" and job.series and job.kind == "update":
+            # Failed jobs of the series before this one: their changes are in this update
+            # (refs/ksplice/pre did not move past them), so there is nothing left to retry.
+            for other in queue.jobs():
+                if other.state == "failed" and other.series and other.seq < job.seq and \
+                        is_ancestor(other.commit, job.commit, cwd, env):
+                    other.state = "skipped"
+                    other.message = (f"superseded by update {job.id}, which carries its "
+                                     "change")
+                    queue.save(other)
 
 
 # -- the hook's line -----------------------------------------------------------------------------
@@ -565,8 +576,11 @@ def notify() -> int:
             # too many finds the lock taken and exits at once.
             spawn_worker(_common_dir(cwd))
             ids = ", ".join(f"{j.id} ({j.commit[:12]})" for j in jobs)
+            # On a server the message reaches the pusher ("remote: ..."): name the repository.
+            bare = _git("rev-parse", "--is-bare-repository", cwd=cwd).strip() == "true"
+            where = f"git -C {_common_dir(cwd)} ksplice" if bare else "git ksplice"
             print(f"git-ksplice: queued update{'s' if len(jobs) > 1 else ''} {ids}; "
-                  "see `git ksplice hook status`", file=sys.stderr)
+                  f"see `{where} hook status`", file=sys.stderr)
     except Exception as e:  # the user's git command must go on whatever happens here
         print(f"git-ksplice hook: {e} (nothing was queued; `git ksplice hook status` "
               "shows the queue)", file=sys.stderr)

@@ -9,9 +9,11 @@ uninstall removes that block and nothing else. The queue and the worker are in
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
+from rich.console import Console
 from rich.markup import escape
 
 from git_ksplice import hooks, ui
@@ -298,7 +300,8 @@ def status(repo: Repo, as_json: bool, show_all: bool = False) -> int:
                        "worker": {"pid": worker, "log": str(queue.worker_log)},
                        "jobs": [j.public() for j in jobs]})
         return EXIT_OK
-    con = ui.console
+    # A listing, like `git status`: on stdout, so that `| grep failed` and `| less` work.
+    con = Console(file=sys.stdout, highlight=False, soft_wrap=True)
     con.print(f"hook: {'installed in ' + str(path) if installed else 'not installed'}"
               + (f"; watching {', '.join(watch)}" if watch else "")
               + (" (--series)" if series_on else ""))
@@ -333,11 +336,13 @@ def status(repo: Repo, as_json: bool, show_all: bool = False) -> int:
             times += f", started {_when(j.started_at)}"
         if j.finished_at and j.started_at:
             times += f", finished {_when(j.finished_at)} ({j.finished_at - j.started_at:.1f} s)"
+        if j.attempts > 1:
+            times += f", attempt {j.attempts}"
         con.print(f"    {times}", markup=False)
         for text in (j.note, j.message if j.state != "no-change" else None):
-            if text:
-                con.print(f"    {text}", markup=False)
-        con.print(f"    log {j.log}", markup=False)
+            for line in (text or "").splitlines():
+                con.print(f"    {line.strip()}", markup=False)
+        con.print(f"    hook log {j.log}", markup=False)
         if j.tarball and j.state == "built":
             con.print(f"    update {j.tarball}", markup=False)
     if any(j.state == "failed" for j in jobs):
@@ -388,8 +393,11 @@ def retry(repo: Repo, ids: list[str], as_json: bool) -> int:
     if chosen:
         hooks.spawn_worker(repo.common_dir)  # a worker finishing now may not see them
     if as_json:
-        ui.print_json({"schema": hooks.SCHEMA, "queued": [j.public() for j in chosen]})
+        ui.print_json({"schema": hooks.SCHEMA, "queued": [j.public() for j in chosen],
+                       "skipped": [j.public() for j in contained]})
     else:
+        for j in contained:
+            ui.console.print(f"{j.id}: not retried, {j.message}", markup=False)
         ui.console.print("queued again: " + (", ".join(j.id for j in chosen) or "nothing "
                                              "(no failed build)"))
     return EXIT_OK

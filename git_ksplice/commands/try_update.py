@@ -8,8 +8,11 @@ runs the check again (it must fail: the update is undone cleanly). Each step is 
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
+
+from rich.markup import escape
 
 from git_ksplice import qemu, ui
 from git_ksplice.errors import EXIT_ERROR, EXIT_OK, InputError
@@ -131,11 +134,15 @@ def run(tarball: str, kernel: str | None, check: str | None, modules: tuple[str,
         ok &= good
         rows.append({"step": step, "rc": rc, "expected": "pass" if want_success else "fail",
                      "ok": good})
-    log = workdir / "console.log"
+    log: Path | None = workdir / "console.log"
+    if ok and not keep:
+        # Nothing to look at: do not leave a directory in /tmp per run. A failure keeps it.
+        shutil.rmtree(workdir, ignore_errors=True)
+        log = None
     if as_json:
         ui.print_json({"schema": 1, "id": update.id, "module": modname, "ok": ok,
                        "steps": rows, "seconds": round(session.seconds, 1),
-                       "timed_out": session.timed_out, "console": str(log)})
+                       "timed_out": session.timed_out, "console": str(log) if log else None})
     else:
         for r in rows:
             status = "ok" if r["ok"] else "[bold red]FAILED[/]"
@@ -144,5 +151,6 @@ def run(tarball: str, kernel: str | None, check: str | None, modules: tuple[str,
                              f"{status}")
         verdict = "[green]the update works[/]" if ok else "[bold red]the update failed[/]"
         ui.console.print(f"{verdict} ({session.seconds:.1f}s"
-                         f"{', timed out' if session.timed_out else ''}); console: {log}")
+                         f"{', timed out' if session.timed_out else ''})"
+                         + (f"; console: {escape(str(log))}" if log else ""))
     return EXIT_OK if ok else EXIT_ERROR

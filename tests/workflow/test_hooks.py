@@ -110,7 +110,7 @@ def test_commits_on_the_watched_branch_are_built_in_order(warm_kernel: Kernel) -
     git_cmd(k, "merge", "-q", "--ff-only", "topic")
     assert wait_idle(k) == jobs
 
-    text = k.ksplice("hook", "status", check_state=()).stderr
+    text = k.ksplice("hook", "status", check_state=()).stdout
     assert "no-change" in text and jobs[0]["id"] in text and jobs[0]["log"] in text
 
 
@@ -180,6 +180,7 @@ def test_a_push_into_a_bare_server_repository(warm_kernel: Kernel, tmp_path: Pat
     c1 = dev.commit("proc: say more", PROC_FIX)
     r = git_cmd(dev, "push", "-q", str(server), "main")
     assert "server: thanks" in r.stderr
+    assert f"see `git -C {server} ksplice hook status`" in r.stderr  # the pusher's view
     assert marker.read_text().split()[1:] == [c1, "refs/heads/main"]
     jobs = warmed_then(wait_idle(srv, cwd=server))
     assert [(j["commit"], j["state"]) for j in jobs] == [(c1, "built")], jobs
@@ -196,7 +197,7 @@ def test_a_failing_build_does_not_fail_git_and_can_be_retried(warm_kernel: Kerne
     assert jobs[0]["exit_code"] not in (0, 66, None)
     log = Path(jobs[0]["log"]).read_text()
     assert "kernel/sys.c" in log and "error" in log
-    text = k.ksplice("hook", "status", check_state=()).stderr
+    text = k.ksplice("hook", "status", check_state=()).stdout
     assert "failed" in text and jobs[0]["log"] in text and "hook retry" in text
 
     # The build environment was the problem (here: ORIG_CONFIG moved away): fix it, retry.
@@ -339,7 +340,7 @@ def test_a_worker_killed_mid_build_is_repaired(warm_kernel: Kernel, tmp_path: Pa
     while status(k)["worker"]["pid"] is not None:
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    text = k.ksplice("hook", "status", check_state=()).stderr
+    text = k.ksplice("hook", "status", check_state=()).stdout
     assert "interrupted" in text and "hook retry" in text
     k.ksplice("hook", "retry", check_state=())
     jobs = wait_idle(k)
@@ -386,7 +387,7 @@ def test_many_commits_at_once_become_one_update(warm_kernel: Kernel) -> None:
     assert "3 commits arrived at once" in jobs[0]["note"]
     m = json.loads(read_update(Path(jobs[0]["tarball"]))["manifest.json"])
     assert set(m["targets"]) == {"vmlinux", "demo"}
-    assert "3 commits arrived at once" in k.ksplice("hook", "status", check_state=()).stderr
+    assert "3 commits arrived at once" in k.ksplice("hook", "status", check_state=()).stdout
 
 
 def test_a_remote_branch_watched_before_it_exists(warm_kernel: Kernel, tmp_path: Path,
@@ -424,14 +425,14 @@ def test_the_workers_settings_are_the_hooks(warm_kernel: Kernel) -> None:
     assert [j["state"] for j in jobs] == ["built", "refused"]
     assert k.rev("refs/ksplice/pre") == pre
     assert "ticks" in jobs[1]["message"] and jobs[1]["exit_code"] == 65
-    text = k.ksplice("hook", "status", check_state=()).stderr
+    text = k.ksplice("hook", "status", check_state=()).stdout
     assert "refused" in text and "retrying does not change that" in text
     k.ksplice("hook", "retry", jobs[1]["id"], expect=1, check_state=())
 
 
 def test_a_failure_in_a_series_is_carried_by_the_next_update(warm_kernel: Kernel) -> None:
     """--series: a failed build leaves pre where it was, so the next update carries that
-    commit's change too; a plain `retry` then marks the failed job skipped, saying why."""
+    commit's change too, and the failed job becomes `skipped`, superseded by it."""
     k = warm_kernel
     k.ksplice("hook", "install", "--series", check_state=())
     (k.path / "ksplice").rename(k.path / "ksplice.away")
@@ -440,15 +441,14 @@ def test_a_failure_in_a_series_is_carried_by_the_next_update(warm_kernel: Kernel
     (k.path / "ksplice.away").rename(k.path / "ksplice")
     c2 = k.commit("sys: longer name", SYS_FIX)
     jobs = wait_idle(k)
-    assert [(j["commit"], j["state"]) for j in jobs] == [(c1, "failed"), (c2, "built")]
+    assert [(j["commit"], j["state"]) for j in jobs] == [(c1, "skipped"), (c2, "built")]
+    assert f"superseded by update {jobs[1]['id']}" in jobs[0]["message"]
     m = json.loads(read_update(Path(jobs[1]["tarball"]))["manifest.json"])
     assert set(m["targets"]["vmlinux"]["objects"]) == {"fs/proc.o", "kernel/sys.o"}
+    text = k.ksplice("hook", "status", check_state=()).stdout
+    assert "superseded" in text and "hook retry" not in text
     r = k.ksplice("hook", "retry", jobs[0]["id"], expect=1, check_state=())
     assert "already contains it" in r.stderr
-    r = k.ksplice("hook", "retry", check_state=())
-    assert "nothing" in r.stderr
-    jobs = wait_idle(k)
-    assert jobs[0]["state"] == "skipped" and "later update" in jobs[0]["message"]
 
 
 @pytest.mark.parametrize("kind", ["crlf", "latin1", "shebang-only", "symlink"])
