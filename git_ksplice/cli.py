@@ -149,7 +149,8 @@ def view_cmd(tarball: str | None, update_id: str | None, as_json: bool) -> None:
               help="Shell script run in the guest: must fail before the update, pass with "
                    "it, fail again once it is removed.")
 @click.option("--modules", "modules", multiple=True, metavar="KO",
-              type=click.Path(dir_okay=False), help="Modules to load first (repeatable).")
+              type=click.Path(dir_okay=False), help="Modules to load first, in order: .ko "
+              "files, or earlier updates' tarballs for a stack (repeatable).")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds for the boot.")
 @click.option("--keep", metavar="DIR", help="Keep the initramfs and console log in DIR.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")

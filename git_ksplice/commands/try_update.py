@@ -42,9 +42,10 @@ wait_transition() {
 cd /ksplice
 for m in $(cat modules.list); do
     insmod "$m"; step "load-module:$(basename $m .ko)" $?
+    # A livepatch (an earlier update of a stack) finishes its transition before the next
+    # one loads: the kernel refuses a patch while another is in transition.
+    for d in /sys/kernel/livepatch/*; do [ -e "$d/transition" ] && wait_transition "$d"; done
 done
-# A livepatch among those modules (an earlier update) must finish its transition first.
-for d in /sys/kernel/livepatch/*; do [ -e "$d/transition" ] && wait_transition "$d"; done
 check check-before
 insmod /ksplice/update.ko; step load-update $?
 LP=/sys/kernel/livepatch/@MOD@
@@ -89,6 +90,24 @@ def _configured_kernel() -> str:
     return r.stdout.strip()
 
 
+def _module(path: str) -> tuple[str, bytes]:
+    """(file name, bytes) of a module to load first: a .ko, or an update tarball (an earlier
+    update of a stack), whose livepatch module is taken."""
+    p = Path(path)
+    if p.name.endswith((".tar.gz", ".tgz")):
+        update = read_tarball(p)
+        lines = [line.split() for line in update.text("contents").splitlines()
+                 if line.startswith("livepatch ")]
+        if not lines:
+            raise InputError(f"{path} has no livepatch module to load")
+        _, modname, kofile = lines[0][:3]
+        return f"{modname}.ko", update.files[kofile]
+    try:
+        return p.name, p.read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read module {path}: {e.strerror}") from None
+
+
 def run(tarball: str, kernel: str | None, check: str | None, modules: tuple[str, ...],
         timeout: float, as_json: bool, keep: str | None) -> int:
     if kernel is None:
@@ -104,12 +123,9 @@ def run(tarball: str, kernel: str | None, check: str | None, modules: tuple[str,
     files = {"ksplice/update.ko": update.files[kofile]}
     names = []
     for m in modules:
-        p = Path(m)
-        try:
-            files[f"ksplice/modules/{p.name}"] = p.read_bytes()
-        except OSError as e:
-            raise InputError(f"cannot read module {m}: {e.strerror}") from None
-        names.append(f"/ksplice/modules/{p.name}")
+        name, data = _module(m)
+        files[f"ksplice/modules/{name}"] = data
+        names.append(f"/ksplice/modules/{name}")
     files["ksplice/modules.list"] = ("\n".join(names) + "\n").encode()
     if check is not None:
         try:
@@ -121,7 +137,7 @@ def run(tarball: str, kernel: str | None, check: str | None, modules: tuple[str,
     ui.console.print(f"booting {kernel} with update {update.id} ({modname})...")
     session = qemu.run(Path(kernel), qemu.make_initramfs(files, init), workdir=workdir,
                        timeout=timeout)
-    expected = {f"load-module:{Path(m).stem}": True for m in modules}
+    expected = {f"load-module:{Path(n).stem}": True for n in names}
     expected.update(_EXPECT)
     if check is None:
         for k in ("check-before", "check-after", "check-undone"):
