@@ -186,7 +186,7 @@ def install(repo: Repo, branches: list[str], series: bool | None, as_json: bool)
         repo.update_ref(REF_PRE, tip, None, f"ksplice hook install: {present[0]}")
         ui.console.print(f"refs/ksplice/pre created at {present[0]} ({tip[:12]}): the running "
                          "kernel's source (move it with `git update-ref refs/ksplice/pre "
-                         "COMMIT` if it is not)")
+                         "COMMIT` if it is not)", markup=False)
     usable = _warn_without_orig_config(repo)
     tips = hooks.record_tips(cwd)
     pre = repo.ref(REF_PRE)
@@ -195,7 +195,7 @@ def install(repo: Repo, branches: list[str], series: bool | None, as_json: bool)
         warming = hooks.queue_prebuild(cwd, pre)
         ui.console.print(f"building the pristine tree of refs/ksplice/pre ({pre[:12]}) in "
                          "the background now, so the first update does not wait for it "
-                         f"(log {warming.log})")
+                         f"(log {warming.log})", markup=False)
     series_on = repo.config("ksplice.hookSeries", type="bool") == "true"
     if as_json:
         ui.print_json({"schema": hooks.SCHEMA, "hook": str(path), "watch": watch,
@@ -203,10 +203,10 @@ def install(repo: Repo, branches: list[str], series: bool | None, as_json: bool)
                        "prebuild": warming.public() if warming else None})
     else:
         ui.console.print(f"installed {path}: watching {', '.join(watch)}"
-                         + (" (--series)" if series_on else ""))
+                         + (" (--series)" if series_on else ""), markup=False)
         for r in missing:
             ui.console.print(f"  {r} does not exist yet: its first commits beyond "
-                             "refs/ksplice/pre will be built when it appears")
+                             "refs/ksplice/pre will be built when it appears", markup=False)
     return EXIT_OK
 
 
@@ -266,9 +266,10 @@ def uninstall(repo: Repo, as_json: bool) -> int:
                        "worker": running})
     else:
         ui.console.print(f"removed git-ksplice from {path}" if removed
-                         else f"git-ksplice was not installed in {path}")
+                         else f"git-ksplice was not installed in {path}", markup=False)
         if running:
-            ui.console.print(f"the worker (pid {running}) finishes the jobs already queued")
+            ui.console.print(f"the worker (pid {running}) finishes the jobs already queued",
+                             markup=False)
     return EXIT_OK
 
 
