@@ -117,12 +117,20 @@ class ObjectIndex:
                 continue  # tables describe units; they are reduced, not compared
             offsets = [r.offset for r in sec.relocs]
             named = [s for s in sec.symbols if s.type in (STT_FUNC, STT_OBJECT)]
+            # Aliases (the same bytes under two names: SYSCALL_DEFINE0 makes __x64_sys_foo
+            # an alias of __do_sys_foo) are one unit, named by the global one: two would
+            # mean two ftrace sites at one address, which breaks ftrace when loaded.
+            same: dict[tuple[int, int, int], list] = defaultdict(list)
             for sym in named:
+                same[(sym.value, sym.size, sym.type)].append(sym)
+            for group in same.values():
+                sym = min(group, key=lambda x: (x.is_local, group.index(x)))
                 lo = bisect.bisect_left(offsets, sym.value)
                 hi = bisect.bisect_left(offsets, sym.value + max(sym.size, 1))
                 u = Unit(sec, sym.value, sym.size, sym, kind, sec.relocs[lo:hi])
                 self.units.append(u)
-                self.unit_of_symbol[id(sym)] = u
+                for alias in group:
+                    self.unit_of_symbol[id(alias)] = u
             if named:
                 continue
             bounds = [0, sec.size]

@@ -724,3 +724,25 @@ def test_changed_const_data_registered_by_init_code_is_refused(bench: Workbench)
                  WRITE=".write = write_fn"))
     assert "my_ops" in data_symbols(orig)
     expect_refused(bench.diff(), "my_ops", "setup_ops")
+
+
+SYSCALL_ALIAS = """
+static long __do_sys_thing(void)
+{
+    return ext_work(@K@);
+}
+long __x64_sys_thing(void) __attribute__((alias("__do_sys_thing")));
+"""
+
+
+def test_aliases_are_one_function(bench: Workbench) -> None:
+    """SYSCALL_DEFINE0 makes __x64_sys_foo an alias of __do_sys_foo: one function under two
+    names. It is replaced once, by its global name, with one ftrace site (two sites at one
+    address make ftrace find a NOP where it expects a call, and turn itself off)."""
+    orig, _ = bench.build(c_source(SYSCALL_ALIAS, K=1), c_source(SYSCALL_ALIAS, K=2))
+    assert {"__do_sys_thing", "__x64_sys_thing"} <= text_symbols(orig)
+    run = bench.diff()
+    expect_changed(run)
+    assert run.changed_names == ["__x64_sys_thing"], run.describe()
+    targets = [t for _, t in relocation_targets(run.out, "__mcount_loc")]
+    assert len(targets) == 1, targets

@@ -149,6 +149,19 @@ def test_syscall_visible_from_busybox(kernel_repo: KernelRepo) -> None:
         '[ "$(uname -s)" = Ksplice ]')
 
 
+def test_syscall_without_arguments(kernel_repo: KernelRepo) -> None:
+    """SYSCALL_DEFINE0(getppid): __x64_sys_getppid is an alias of __do_sys_getppid, one
+    function under two names. Replaced once: two klp_funcs (and two ftrace sites) at one
+    address made ftrace fail and switch itself off when the update loaded."""
+    m = _prove(kernel_repo, "getppid-alias", {"kernel/sys.c": [
+        ("\tpid = task_tgid_vnr(rcu_dereference(current->real_parent));\n\trcu_read_unlock();"
+         "\n\n\treturn pid;",
+         "\tpid = task_tgid_vnr(rcu_dereference(current->real_parent));\n\trcu_read_unlock();"
+         "\n\n\treturn pid + 1000000;")]},
+        "[ \"$(sh -c 'echo $PPID')\" -ge 1000000 ]", functions={"__x64_sys_getppid"})
+    assert m["livepatch"]["functions"][0]["name"] == "__x64_sys_getppid"
+
+
 def test_function_of_a_loadable_module(kernel_repo: KernelRepo) -> None:
     """samples/kobject/kobject-example.ko: the update patches the module once it is
     loaded (its klp_object is the module)."""
