@@ -38,6 +38,9 @@ from git_ksplice.elf.units import ObjectIndex, Unit
 
 SCHEMA_VERSION = 1
 _PREFIXES = ("__pfx_", "__cfi_")
+#: Sections whose entries make code run at boot (initcall levels, console and security
+#: initcalls).
+_INITCALL_SECTIONS = (".initcall", ".con_initcall", ".security_initcall")
 
 
 @dataclass
@@ -240,7 +243,14 @@ class _Differ:
             kind = u.kind
             reason = self.cmp.reason.get(id(u), "")
             bookkeeping = names.is_special_static(u.name, u.section.name)
-            if kind == Kind.INIT and st == CHANGED:
+            if kind == Kind.INIT and u.section.name.startswith(_INITCALL_SECTIONS):
+                # A new (or different) registration of boot-time code: the update could not
+                # run it, and without it the rest of the change may be incomplete.
+                self._refusal(u, None, f"{'adds' if st == NEW else 'changes'} an initcall "
+                              f"({u.section.name}): initcalls run only at boot, so a live "
+                              "update cannot run it; do the setup in a livepatch callback, "
+                              "or in code the update replaces")
+            elif kind == Kind.INIT and st == CHANGED:
                 what = "code" if u.is_function else "data"
                 self._refusal(u, None, f"changed __init/__exit {what} ({reason}): it runs "
                               "only at boot or unload and is discarded, so a live update "

@@ -746,3 +746,24 @@ def test_aliases_are_one_function(bench: Workbench) -> None:
     assert run.changed_names == ["__x64_sys_thing"], run.describe()
     targets = [t for _, t in relocation_targets(run.out, "__mcount_loc")]
     assert len(targets) == 1, targets
+
+
+NEW_INITCALL = """
+int proc_thing(int x) { return ext_work(x) @OP@; }
+@INIT@
+"""
+INITCALL = """
+__init static int thing_setup(void) { return ext_work(7); }
+static int (*__initcall_thing)(void) __attribute__((used, section(".initcall7.init"))) =
+    thing_setup;
+"""
+
+
+@pytest.mark.parametrize("with_code_change", [False, True])
+def test_new_initcall_is_refused(bench: Workbench, with_code_change: bool) -> None:
+    """A fix that registers new boot-time setup (late_initcall): the update could not run
+    it, so what depends on it would silently be missing. Refused, naming the initcall
+    section, whether or not other code changes too (alone it used to be "no change")."""
+    bench.build(c_source(NEW_INITCALL, OP="", INIT=""),
+                c_source(NEW_INITCALL, OP="+ 1" if with_code_change else "", INIT=INITCALL))
+    expect_refused(bench.diff(), "initcall", ".initcall7.init")

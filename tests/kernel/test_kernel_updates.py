@@ -249,6 +249,13 @@ def test_function_with_exception_table_entries(kernel_repo: KernelRepo) -> None:
          "loff_t *p)\n{\n\treturn n;\n}\n\n"
          "static const struct proc_ops stat_proc_ops = {\n\t.proc_write\t= stat_write,\n")]},
      65, "used by __init code (proc_stat_init)"),
+    # New boot-time setup: the update could not run it (alone, it used to be "no change").
+    ("new-initcall", {"fs/proc/version.c": [
+        ("fs_initcall(proc_version_init);",
+         "fs_initcall(proc_version_init);\n\nstatic int __init proc_version2_init(void)\n{\n"
+         "\tproc_create_single(\"version2\", 0, NULL, version_proc_show);\n\treturn 0;\n}\n"
+         "late_initcall(proc_version2_init);")]},
+     65, "adds an initcall (.initcall7.init)"),
 ])
 def test_unsafe_or_empty_changes_are_refused(kernel_repo: KernelRepo, name: str, edits: dict,
                                               code: int, reason: str) -> None:
