@@ -453,7 +453,10 @@ def _build_and_package(repo: Repo, opts: CreateOptions, update_id: str, orig: Or
             "module": module.name, "vermagic": module.vermagic,
             "functions": [{"target": f.target, "name": f.old_name, "sympos": f.sympos}
                           for f in module.funcs],
-            "klp_relocations": module.klp_relocations}
+            "klp_relocations": module.klp_relocations,
+            "warnings": _module_warnings(module)}
+        for w in manifest["livepatch"]["warnings"]:
+            phases.note(f"warning: {w}")
     update.add("manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     update.add("patch", change.patch)
     update.add("description", description.rstrip("\n") + "\n")
@@ -476,6 +479,21 @@ def _build_and_package(repo: Repo, opts: CreateOptions, update_id: str, orig: Or
     checkpoint("recorded")
     _report(opts, update_id, tarball, pre, change, changed, manifest)
     return EXIT_OK
+
+
+def _module_warnings(module: ModuleBuild) -> list[str]:
+    """What the kernel will do with the module that users would not expect."""
+    out = []
+    release = re.match(r"(\d+)\.(\d+)", module.vermagic)
+    reloaded = sorted(o for o in module.klp_objects if o != "vmlinux")
+    if reloaded and release and (int(release.group(1)), int(release.group(2))) < (6, 3):
+        # Without upstream 0c05e7bd2d01 ("livepatch,x86: Clear relocation targets on a
+        # module removal", merged for 6.3) the x86 loader leaves a livepatch's relocations
+        # in a module that is unloaded and refuses to apply them again when it comes back.
+        out.append(f"while this update is loaded, {', '.join(reloaded)} cannot be unloaded "
+                   "and loaded again: this kernel (before 6.3) refuses to re-apply the "
+                   "update's klp relocations to it; disable and remove the update first")
+    return out
 
 
 def _replacement_modules(tree: BuildTree, settings: BuildSettings, names: list[str],

@@ -81,6 +81,8 @@ class ModuleBuild:
     funcs: list[KlpFunc] = field(default_factory=list)
     klp_relocations: int = 0
     vermagic: str = ""
+    #: the objects (vmlinux, modules) the klp relocations resolve against
+    klp_objects: set[str] = field(default_factory=set)
 
 
 class _Resolver:
@@ -211,6 +213,7 @@ def build_module(update_id: str, objects: list[PatchedObject], *, tree: Path, or
     where_of = {p.name: w for w, p in placeholders.items()}
     count = _finish(ko, where_of, types)
     build = ModuleBuild(name, ko, funcs, count)
+    build.klp_objects = {w[0] for w in placeholders}
     build.vermagic = _modinfo(ko).get("vermagic", "")
     check_module(ko)
     return build
