@@ -593,6 +593,8 @@ def _manifest(repo: Repo, update_id: str, opts: CreateOptions, pre: str,
         "id": update_id,
         "description": opts.description or change.summary,
         "mode": change.mode,
+        # stacked: refs/ksplice/pre moved to this update's post commit (--series)
+        "series": bool(opts.series),
         "pre": pre,
         "post": change.post,
         "targets": targets,

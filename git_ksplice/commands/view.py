@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,11 @@ def run(tarball: str | None, update_id: str | None, as_json: bool) -> int:
                                 if known else ""),
                              hint="git ksplice series lists the updates built here")
         _, manifest, description, patch = entries[-1]
-        contents = "\n".join(f"target {t}" for t in sorted(manifest.get("targets", {})))
+        lines = [f"target {t}" for t in sorted(manifest.get("targets", {}))]
+        module = manifest.get("livepatch", {}).get("module")
+        if module:
+            lines.insert(0, f"livepatch {module} {module}.ko")
+        contents = "\n".join(lines)
         uid = update_id
     functions = _functions(manifest)
     if as_json:
@@ -108,13 +113,22 @@ def run_series(as_json: bool) -> int:
                      "description": description.splitlines()[0] if description else "",
                      "pre": manifest.get("pre"), "post": manifest.get("post"),
                      "targets": sorted(manifest.get("targets", {})),
-                     "timestamp": manifest.get("timestamp")})
+                     "timestamp": manifest.get("timestamp"),
+                     "stacked": manifest.get("series")})
     if as_json:
         ui.print_json({"schema": 1, "series": rows})
         return EXIT_OK
     if not rows:
         ui.console.print("No updates built yet.")
+        return EXIT_OK
+    width = max(len(str(r["id"])) for r in rows)
+    sys.stdout.write(f"{'ID':<{width}}  {'BUILT':<16}  {'POST':<12}  S  TARGETS  "
+                     "DESCRIPTION\n")
     for r in rows:
-        sys.stdout.write(f"{r['id']}  {str(r['post'])[:12]}  {','.join(r['targets'])}  "
-                         f"{r['description']}\n")
+        when = (time.strftime("%Y-%m-%d %H:%M", time.gmtime(int(r["timestamp"])))
+                if str(r.get("timestamp") or "").isdigit() else "-")
+        stacked = {True: "s", False: "-"}.get(r["stacked"], "?")
+        sys.stdout.write(f"{r['id']!s:<{width}}  {when:<16}  {str(r['post'])[:12]:<12}  "
+                         f"{stacked}  {','.join(r['targets'])}  {r['description']}\n")
+    sys.stdout.write("(S: s = stacked with --series, each on the previous one)\n")
     return EXIT_OK

@@ -274,6 +274,12 @@ class _Differ:
                               "calls")
             elif kind == Kind.PERCPU and st == CHANGED:
                 self._refusal(u, None, "changed per-CPU data")
+            elif kind == Kind.PERCPU and st == NEW and u.symbol is not None:
+                self.res.warnings.append(Finding(
+                    u.label, u.section.name,
+                    "new per-CPU variable: every CPU's copy starts from its initial value when "
+                    "the update loads, and its state is lost if a later update replaces this "
+                    "one"))
             elif kind == Kind.EXPORT and u.section.name != "__ksymtab_strings":
                 self._refusal(u, None, "adds an exported symbol: a livepatch module cannot "
                               "add exports to the kernel it patches" if st == NEW else

@@ -767,3 +767,22 @@ def test_new_initcall_is_refused(bench: Workbench, with_code_change: bool) -> No
     bench.build(c_source(NEW_INITCALL, OP="", INIT=""),
                 c_source(NEW_INITCALL, OP="+ 1" if with_code_change else "", INIT=INITCALL))
     expect_refused(bench.diff(), "initcall", ".initcall7.init")
+
+
+NEW_PERCPU = """
+@DECL@
+int count_event(int x) { @USE@ return ext_work(x); }
+"""
+
+
+def test_new_per_cpu_variable_is_a_warning(bench: Workbench) -> None:
+    """A new DEFINE_PER_CPU counter lives in the update module, like a new static: say that
+    it starts from zero when the update loads."""
+    bench.build(c_source(NEW_PERCPU, DECL="", USE=""),
+                c_source(NEW_PERCPU,
+                         DECL='__attribute__((section(".data..percpu"))) int events;',
+                         USE="events++;"))
+    run = bench.diff()
+    expect_changed(run)
+    assert any("new per-CPU variable" in w["message"] and "events" in w["symbol"]
+               for w in run.data["warnings"]), run.describe()

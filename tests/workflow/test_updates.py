@@ -152,8 +152,12 @@ def test_view_and_series(warm_kernel: Kernel, tmp_path: Path) -> None:
     assert [(e["pre"], e["post"]) for e in series] == [(pre, first), (pre, second)]
     assert [e["description"] for e in series] == ["first fix", "uname: longer name"]
     assert series[1]["entry"] == k.rev("refs/ksplice/series")
+    assert [e["stacked"] for e in series] == [False, False]
     plain = k.ksplice("series").stdout.splitlines()
-    assert [line.split()[0] for line in plain] == ["one", "two"]
+    assert plain[0].split()[:5] == ["ID", "BUILT", "POST", "S", "TARGETS"]
+    assert [line.split()[0] for line in plain[1:3]] == ["one", "two"]
+    assert re.fullmatch(r"one  \d{4}-\d\d-\d\d \d\d:\d\d  " + first[:12]
+                        + r"  -  vmlinux  first fix", plain[1]), plain
 
     for args, message in [(("view", "--id", "nope"), "no update nope"),
                           (("view",), "give a TARBALL or --id"),
