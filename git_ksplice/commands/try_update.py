@@ -23,6 +23,10 @@ _INIT = r"""#!/bin/busybox sh
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs dev /dev 2>/dev/null
+# Only emergencies on the console from here: a kernel line (livepatch's "starting unpatching
+# transition") printed while a step's marker drains to the slow serial console would split
+# the marker. Everything is in the dmesg dump at the end.
+echo 2 > /proc/sys/kernel/printk
 step() { echo "@@ksplice $1 rc=$2@@"; }
 check() {
     [ -f /ksplice/check.sh ] || return 0
