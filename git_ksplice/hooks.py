@@ -102,17 +102,19 @@ def _git(*args: str, cwd: str | Path | None = None, env: dict[str, str] | None =
     return r.stdout if r.returncode == 0 else ""
 
 
+def _candidates(value: str) -> list[str]:
+    """The refs one `ksplice.watch` value may name: itself if it is a full ref, else a local
+    branch or a remote-tracking one."""
+    v = value.strip()
+    if not v:
+        return []
+    return [v] if v.startswith("refs/") else [f"refs/heads/{v}", f"refs/remotes/{v}"]
+
+
 def ref_patterns(values: list[str]) -> list[str]:
     """Every ref a `ksplice.watch` value may name, whichever exists now: what the hook's
     shell line lists, so that `origin/fixes` appearing with a fetch is seen."""
-    out: list[str] = []
-    for v in (v.strip() for v in values):
-        if not v:
-            continue
-        for ref in ([v] if v.startswith("refs/") else [f"refs/heads/{v}", f"refs/remotes/{v}"]):
-            if ref not in out:
-                out.append(ref)
-    return out
+    return list(dict.fromkeys(ref for v in values for ref in _candidates(v)))
 
 
 def watched_refs(values: list[str], known: set[str]) -> list[str]:
@@ -120,18 +122,20 @@ def watched_refs(values: list[str], known: set[str]) -> list[str]:
     such a remote-tracking ref exists, otherwise a local branch."""
     out = []
     for v in values:
-        v = v.strip()
-        if not v:
-            continue
-        if v.startswith("refs/"):
-            ref = v
-        elif f"refs/remotes/{v}" in known and f"refs/heads/{v}" not in known:
-            ref = f"refs/remotes/{v}"
-        else:
-            ref = f"refs/heads/{v}"
-        if ref not in out:
-            out.append(ref)
-    return out
+        cands = _candidates(v)
+        if len(cands) == 2:
+            head, remote = cands
+            cands = [remote if remote in known and head not in known else head]
+        out += cands
+    return list(dict.fromkeys(out))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace a file whole (rename), so that a reader never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 class Queue:
@@ -173,12 +177,12 @@ class Queue:
         nums = [int(p.stem) for p in self.jobs_dir.glob("*.json") if p.stem.isdigit()]
         return max(nums, default=0)
 
+    def log_path(self, seq: int, uid: str) -> str:
+        return str(self.logs_dir / f"{seq:06d}-{uid}.log")
+
     def save(self, job: Job) -> None:
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
-        path = self.jobs_dir / f"{job.seq:06d}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(job), indent=1, sort_keys=True) + "\n")
-        tmp.replace(path)
+        _write_atomic(self.jobs_dir / f"{job.seq:06d}.json",
+                      json.dumps(asdict(job), indent=1, sort_keys=True) + "\n")
 
     def tips(self) -> dict[str, str]:
         try:
@@ -187,10 +191,7 @@ class Queue:
             return {}
 
     def save_tips(self, tips: dict[str, str]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.tips_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(tips, indent=1, sort_keys=True) + "\n")
-        tmp.replace(self.tips_file)
+        _write_atomic(self.tips_file, json.dumps(tips, indent=1, sort_keys=True) + "\n")
 
     def save_fast_path(self, values: list[str], tips_now: dict[str, str]) -> None:
         """What the hook's shell line compares before it starts Python: `refs` (the patterns
@@ -198,13 +199,9 @@ class Queue:
         would list every ref) and `state`, the text that `git config --get-all ksplice.watch;
         git for-each-ref ... $(cat refs)` printed when we last looked. Written from the tips
         this run acted on, not read again: a ref that moved since must not match."""
-        self.dir.mkdir(parents=True, exist_ok=True)
         lines = list(values) + [f"{tips_now[r]} {r}" for r in sorted(tips_now)]
-        for name, text in (("refs", "\n".join([_NO_REF, *ref_patterns(values)]) + "\n"),
-                           ("state", "\n".join(lines))):
-            tmp = self.dir / f"{name}.tmp"
-            tmp.write_text(text)
-            tmp.replace(self.dir / name)
+        _write_atomic(self.dir / "refs", "\n".join([_NO_REF, *ref_patterns(values)]) + "\n")
+        _write_atomic(self.dir / "state", "\n".join(lines))
 
     # -- the worker's lock -----------------------------------------------------------------
 
@@ -344,15 +341,13 @@ def enqueue(cwd: str, env: dict[str, str] | None = None,
                         f"{limit}): only the last is built, with all of their changes")
                 commits = commits[-1:]
             for commit in commits:
-                if commit in known:
-                    continue
                 seq += 1
                 subject = _git("log", "-1", "--format=%s", commit, cwd=cwd).strip()
                 uid = new_update_id()
                 job = Job(seq=seq, id=uid, ref=ref, commit=commit, subject=subject,
                           series=series, queued_at=time.time(),
-                          log=str(queue.logs_dir / f"{seq:06d}-{uid}.log"),
-                          cwd=str(Path(cwd).resolve()), git_env=git_env, note=note)
+                          log=queue.log_path(seq, uid), cwd=str(Path(cwd).resolve()),
+                          git_env=git_env, note=note)
                 queue.save(job)
                 known.add(commit)
                 new_jobs.append(job)
@@ -373,8 +368,8 @@ def queue_prebuild(cwd: str, pre: str) -> Job:
         uid = f"prebuild_{seq}"
         job = Job(seq=seq, id=uid, ref="refs/ksplice/pre", commit=pre,
                   subject="warm the pristine build", series=False, queued_at=time.time(),
-                  log=str(queue.logs_dir / f"{seq:06d}-{uid}.log"),
-                  cwd=str(Path(cwd).resolve()), kind="prebuild")
+                  log=queue.log_path(seq, uid), cwd=str(Path(cwd).resolve()),
+                  kind="prebuild")
         queue.save(job)
     spawn_worker(queue.common_dir)
     return job

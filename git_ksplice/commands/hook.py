@@ -184,12 +184,12 @@ def install(repo: Repo, branches: list[str], series: bool | None, as_json: bool)
         tip = repo.ref(present[0])
         assert tip is not None
         repo.update_ref(REF_PRE, tip, None, f"ksplice hook install: {present[0]}")
+        pre = tip
         ui.console.print(f"refs/ksplice/pre created at {present[0]} ({tip[:12]}): the running "
                          "kernel's source (move it with `git update-ref refs/ksplice/pre "
                          "COMMIT` if it is not)", markup=False)
     usable = _warn_without_orig_config(repo)
     tips = hooks.record_tips(cwd)
-    pre = repo.ref(REF_PRE)
     warming = None
     if usable and pre is not None and not _pristine_built(repo, pre):
         warming = hooks.queue_prebuild(cwd, pre)
@@ -234,8 +234,7 @@ def _pristine_built(repo: Repo, pre: str) -> bool:
 
 
 def _watch_values(repo: Repo) -> list[str]:
-    r = repo.git("config", "--get-all", "ksplice.watch", cwd=_cwd(repo), check=False)
-    return [v for v in r.stdout.splitlines() if v.strip()]
+    return [v for v in repo.config_all("ksplice.watch") if v.strip()]
 
 
 def uninstall(repo: Repo, as_json: bool) -> int:
@@ -354,21 +353,27 @@ def status(repo: Repo, as_json: bool, show_all: bool = False) -> int:
     return EXIT_OK
 
 
+def _chosen(queue: hooks.Queue, ids: list[str], default: tuple[str, ...]) -> list[hooks.Job]:
+    """The jobs named by `ids`, or without ids every job in one of the `default` states.
+    Called with the queue locked."""
+    jobs = queue.jobs()
+    if not ids:
+        return [j for j in jobs if j.state in default]
+    by_id = {j.id: j for j in jobs}
+    unknown = [i for i in ids if i not in by_id]
+    if unknown:
+        raise InputError(f"no queued update with id {', '.join(unknown)}",
+                         hint="`git ksplice hook status` lists them")
+    return [by_id[i] for i in ids]
+
+
 def retry(repo: Repo, ids: list[str], as_json: bool) -> int:
     queue = hooks.Queue(repo.common_dir)
     with queue.locked():
-        jobs = queue.jobs()
-        by_id = {j.id: j for j in jobs}
-        unknown = [i for i in ids if i not in by_id]
-        if unknown:
-            raise InputError(f"no queued update with id {', '.join(unknown)}",
-                             hint="`git ksplice hook status` lists them")
         # A job left running by a worker that is gone was interrupted: retried like a failure.
         interrupted = ("running",) if queue.worker_running() is None else ()
         retryable = ("failed", "skipped", "cancelled", *interrupted)
-        default = ("failed", *interrupted)
-        chosen = ([by_id[i] for i in ids] if ids
-                  else [j for j in jobs if j.state in default])
+        chosen = _chosen(queue, ids, ("failed", *interrupted))
         bad = [j for j in chosen if j.state not in retryable]
         if bad and ids:
             raise InputError(f"update {bad[0].id} is {bad[0].state}, not failed: only failed "
@@ -409,13 +414,7 @@ def cancel(repo: Repo, ids: list[str], as_json: bool) -> int:
     running build finishes."""
     queue = hooks.Queue(repo.common_dir)
     with queue.locked():
-        jobs = queue.jobs()
-        by_id = {j.id: j for j in jobs}
-        unknown = [i for i in ids if i not in by_id]
-        if unknown:
-            raise InputError(f"no queued update with id {', '.join(unknown)}",
-                             hint="`git ksplice hook status` lists them")
-        chosen = [by_id[i] for i in ids] if ids else [j for j in jobs if j.state == "queued"]
+        chosen = _chosen(queue, ids, ("queued",))
         bad = [j for j in chosen if j.state != "queued"]
         if bad:
             raise InputError(f"update {bad[0].id} is {bad[0].state}, not queued: only queued "

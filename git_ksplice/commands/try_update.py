@@ -94,18 +94,26 @@ def _configured_kernel() -> str:
     return r.stdout.strip()
 
 
+def _livepatch(path: str) -> tuple[str, str, bytes]:
+    """(update id, livepatch module name, the module's bytes) of an update tarball."""
+    update = read_tarball(Path(path))
+    lines = [line.split() for line in update.text("contents").splitlines()
+             if line.startswith("livepatch ")]
+    if not lines:
+        raise InputError(f"{path} has no livepatch module (no 'livepatch' line in its "
+                         "contents)", hint="it was built for a tree that is not a Linux "
+                                           "kernel, or by an older git-ksplice")
+    _, modname, kofile = lines[0][:3]
+    return update.id, modname, update.files[kofile]
+
+
 def _module(path: str) -> tuple[str, bytes]:
     """(file name, bytes) of a module to load first: a .ko, or an update tarball (an earlier
     update of a stack), whose livepatch module is taken."""
     p = Path(path)
     if p.name.endswith((".tar.gz", ".tgz")):
-        update = read_tarball(p)
-        lines = [line.split() for line in update.text("contents").splitlines()
-                 if line.startswith("livepatch ")]
-        if not lines:
-            raise InputError(f"{path} has no livepatch module to load")
-        _, modname, kofile = lines[0][:3]
-        return f"{modname}.ko", update.files[kofile]
+        _, modname, ko = _livepatch(path)
+        return f"{modname}.ko", ko
     try:
         return p.name, p.read_bytes()
     except OSError as e:
@@ -116,15 +124,8 @@ def run(tarball: str, kernel: str | None, check: str | None, modules: tuple[str,
         timeout: float, as_json: bool, keep: str | None) -> int:
     if kernel is None:
         kernel = _configured_kernel()
-    update = read_tarball(Path(tarball))
-    livepatch = [line.split() for line in update.text("contents").splitlines()
-                 if line.startswith("livepatch ")]
-    if not livepatch:
-        raise InputError(f"{tarball} has no livepatch module (no 'livepatch' line in its "
-                         "contents)", hint="it was built for a tree that is not a Linux "
-                                           "kernel, or by an older git-ksplice")
-    _, modname, kofile = livepatch[0][:3]
-    files = {"ksplice/update.ko": update.files[kofile]}
+    update_id, modname, ko = _livepatch(tarball)
+    files = {"ksplice/update.ko": ko}
     names = []
     for m in modules:
         name, data = _module(m)
@@ -137,8 +138,8 @@ def run(tarball: str, kernel: str | None, check: str | None, modules: tuple[str,
         except OSError as e:
             raise InputError(f"cannot read check script {check}: {e.strerror}") from None
     init = _INIT.replace("@MOD@", modname)
-    workdir = Path(keep) if keep else Path(tempfile.mkdtemp(prefix=f"ksplice-try-{update.id}-"))
-    ui.console.print(f"booting {kernel} with update {update.id} ({modname})...")
+    workdir = Path(keep) if keep else Path(tempfile.mkdtemp(prefix=f"ksplice-try-{update_id}-"))
+    ui.console.print(f"booting {kernel} with update {update_id} ({modname})...")
     session = qemu.run(Path(kernel), qemu.make_initramfs(files, init), workdir=workdir,
                        timeout=timeout)
     expected = {f"load-module:{Path(n).stem}": True for n in names}
@@ -160,7 +161,7 @@ def run(tarball: str, kernel: str | None, check: str | None, modules: tuple[str,
         shutil.rmtree(workdir, ignore_errors=True)
         log = None
     if as_json:
-        ui.print_json({"schema": 1, "id": update.id, "module": modname, "ok": ok,
+        ui.print_json({"schema": 1, "id": update_id, "module": modname, "ok": ok,
                        "steps": rows, "seconds": round(session.seconds, 1),
                        "timed_out": session.timed_out, "console": str(log) if log else None})
     else:
