@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import sys
 
 import click
@@ -9,9 +10,14 @@ import click
 from git_ksplice import __version__
 from git_ksplice.errors import EXIT_ERROR, KspliceError
 
+#: `--version` also names the interpreter and its environment (sys.prefix: a venv's own
+#: directory), as `pip --version` does: the first thing to know when a module is missing.
+_VERSION_MESSAGE = (f"%(prog)s %(version)s (Python {platform.python_version()}, "
+                    f"{sys.prefix})")
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="git-ksplice")
+@click.version_option(__version__, prog_name="git-ksplice", message=_VERSION_MESSAGE)
 def cli() -> None:
     """Build rebootless kernel updates from git history."""
 
@@ -267,7 +273,7 @@ def completion_cmd(shell: str) -> None:
 @click.command("ksplice-create", context_settings={"help_option_names": ["-h", "--help", "-?"]})
 @click.argument("kernel_source", type=click.Path(file_okay=False))
 @_create_options
-@click.version_option(__version__, prog_name="ksplice-create")
+@click.version_option(__version__, prog_name="ksplice-create", message=_VERSION_MESSAGE)
 def ksplice_create_cmd(kernel_source: str, **kw) -> None:
     """ksplice-create [OPTIONS] {--patch=FILE | --diffext=EXT | --git=COMMIT | --prebuild}
     KERNEL_SOURCE
