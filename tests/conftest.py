@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from tests import needs
+
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = Path(os.environ.get(
-    "KSPLICE_CORPUS", REPO.parent / "shared" / "corpus" / "kpatch-unit-x86_64"))
+CORPUS = needs.corpus_dir()
 
 
 def run_ksplice(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -31,8 +32,15 @@ def assert_valid_object(path: Path, tmp_path: Path) -> None:
     assert r.returncode == 0, f"ld -r failed: {r.stderr}"
 
 
+#: Why the corpus tests are skipped, and how to get them run.
+CORPUS_MISSING = (
+    f"kpatch's unit-test object pairs are not at {CORPUS} (no expectations.json): set "
+    "KSPLICE_CORPUS=DIR to a copy of the corpus (in the project's workspace it is "
+    "shared/corpus/kpatch-unit-x86_64, beside the checkout)")
+
+
 @pytest.fixture(scope="session")
 def corpus() -> Path:
     if not (CORPUS / "expectations.json").exists():
-        pytest.skip(f"reference corpus not found at {CORPUS} (set KSPLICE_CORPUS)")
+        pytest.skip(CORPUS_MISSING)
     return CORPUS

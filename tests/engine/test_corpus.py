@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CORPUS, assert_valid_object, run_ksplice
+from tests.conftest import CORPUS, CORPUS_MISSING, assert_valid_object, run_ksplice
 
 # Cases where git-ksplice is convinced kpatch's expected answer is wrong, and why.
 DISAGREEMENTS = {
@@ -32,9 +32,13 @@ DISAGREEMENTS = {
 }
 
 
-def _cases() -> list[str]:
+def _cases() -> list:
+    """Every case of the corpus; without the corpus, one placeholder that skips saying how to
+    get it (an empty list would only make pytest report "got empty parameter set")."""
     path = CORPUS / "expectations.json"
-    return sorted(json.loads(path.read_text())) if path.exists() else []
+    if path.exists():
+        return sorted(json.loads(path.read_text()))
+    return [pytest.param(None, id="no-corpus", marks=pytest.mark.skip(reason=CORPUS_MISSING))]
 
 
 def _text_symbols(path: Path) -> list[str]:

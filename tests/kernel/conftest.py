@@ -24,10 +24,12 @@ from pathlib import Path
 
 import pytest
 
+from tests import needs
+
 REPO = Path(__file__).resolve().parents[2]
-SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
+SOURCE_TARBALL = needs.LINUX_SOURCE
 FRAGMENT = REPO / "tests" / "kernel" / "reference.config-fragment"
-CACHE = Path(os.environ.get("KSPLICE_KERNEL_CACHE", Path.home() / ".cache" / "git-ksplice"))
+CACHE = needs.kernel_cache()
 JOBS = str(os.cpu_count() or 2)
 
 
@@ -190,14 +192,40 @@ def _kernel_repo(base: Path, running: RunningKernel) -> KernelRepo:
     return KernelRepo(path, env, running, out)
 
 
+#: Set once the tier has used its cache in this session, for the closing summary.
+_used_cache: list[Path] = []
+
+
 @pytest.fixture(scope="session")
 def kernel_repo() -> KernelRepo:
-    for tool in ("qemu-system-x86_64", "busybox", "flex", "bison", "bc"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (.ci/run installs it)")
-    if not SOURCE_TARBALL.exists():
-        pytest.skip(f"{SOURCE_TARBALL} is missing (apt-get install linux-source-6.1)")
+    needs.require("qemu-system-x86", "busybox-static", "cpio", "linux-source-6.1", "xz-utils",
+                  "flex", "bison", "bc", "libelf-dev")
     base = CACHE / f"linux-6.1-{_key()}"
     base.mkdir(parents=True, exist_ok=True)
+    _used_cache.append(base)
     running = _running_kernel(base)
     return _kernel_repo(base, running)
+
+
+def _disk_use(path: Path) -> str:
+    r = subprocess.run(["du", "-sh", str(path)], capture_output=True, text=True)
+    return r.stdout.split()[0] if r.returncode == 0 and r.stdout else "?"
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say where the gigabytes went: the builds stay for the next run, and nothing else
+    would tell a newcomer that their home directory just grew by 5 GB."""
+    if not _used_cache:
+        return
+    current = _used_cache[0]
+    lines = [f"real-kernel tier: Linux builds cached in {CACHE} ({_disk_use(CACHE)}), kept "
+             "for the next run; KSPLICE_KERNEL_CACHE=DIR puts them elsewhere, "
+             f"`rm -rf {CACHE}` frees the space"]
+    for stale in sorted(CACHE.glob("linux-6.1-*")):
+        if stale != current:
+            lines.append(f"  {stale.name} ({_disk_use(stale)}) was built for another "
+                         "configuration fragment, source or compiler: remove it if no other "
+                         "checkout uses it")
+    terminalreporter.write_sep("-", "kernel cache")
+    for line in lines:
+        terminalreporter.write_line(line)
