@@ -17,7 +17,9 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import shutil
+import site
 import stat
 import subprocess
 import sys
@@ -46,19 +48,29 @@ EPOCH = "1700000000"
 AUTHOR = ("Tiny Kernel Developer", "dev@example.org")
 
 
-def hermetic_env(home: Path) -> dict[str, str]:
-    """The machine's environment with everything git/make/ksplice-specific replaced.
+def python_shim(directory: Path, python: str = sys.executable) -> Path:
+    """A `python3` in `directory` that runs `python`, the interpreter running the tests.
 
-    `python3` (the interpreter `bin/git-ksplice` starts through /usr/bin/env) is pinned to the
-    interpreter running the tests: a pyenv shim would look under the fake HOME.
+    `bin/git-ksplice` starts `python3` through /usr/bin/env, and on PATH that may be another
+    one: a pyenv shim (which looks under the fake HOME), or the base interpreter of the venv
+    pytest runs in. A script that execs `python` by its own path, not a symlink to it: CPython
+    finds a venv's pyvenv.cfg next to the path it was started as, so a symlink elsewhere runs
+    as the base interpreter, without the venv's packages.
     """
+    directory.mkdir(parents=True, exist_ok=True)
+    shim = directory / "python3"
+    shim.write_text(f"#!/bin/sh\nexec {shlex.quote(python)} \"$@\"\n")
+    shim.chmod(0o755)
+    return shim
+
+
+def hermetic_env(home: Path, python: str = sys.executable) -> dict[str, str]:
+    """The machine's environment with everything git/make/ksplice-specific replaced, and
+    `python3` pinned to `python` (see python_shim)."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(_SCRUBBED_PREFIXES) and k not in _SCRUBBED}
     shims = home / ".test-bin"
-    shims.mkdir(parents=True, exist_ok=True)
-    py = shims / "python3"
-    if not py.exists():
-        py.symlink_to(sys.executable)
+    python_shim(shims, python)
     (home / ".config").mkdir(exist_ok=True)
     env.update({
         "HOME": str(home),
@@ -77,6 +89,24 @@ def hermetic_env(home: Path) -> dict[str, str]:
         "COLUMNS": "200",
     })
     return env
+
+
+def make_venv(path: Path) -> Path:
+    """A fresh venv at `path` that also sees this interpreter's packages (through a .pth
+    file, so that nothing needs the network): pip, the build backend and the project's
+    dependencies. Its own installs go into the venv. Returns its python."""
+    r = subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, explain(r)
+    python = path / "bin" / "python"
+    r = subprocess.run([str(python), "-c",
+                        "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, explain(r)
+    ours = [p for p in (*site.getsitepackages(), site.getusersitepackages())
+            if Path(p).is_dir()]
+    (Path(r.stdout.strip()) / "outer-packages.pth").write_text("".join(p + "\n" for p in ours))
+    return python
 
 
 @pytest.fixture(autouse=True)
