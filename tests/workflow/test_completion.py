@@ -24,6 +24,7 @@ import click
 import pytest
 
 from git_ksplice.cli import cli
+from tests.needs import require
 from tests.workflow.conftest import explain, run
 
 #: Where distributions put git's bash completion.
@@ -129,7 +130,10 @@ def git_completion() -> Path:
     for path in GIT_BASH_COMPLETION:
         if path.exists():
             return path
-    pytest.fail("git's bash completion is not installed (it comes with Debian's git package)")
+    # Debian's git installs it under bash-completion's directory, which that package owns.
+    require("bash-completion")
+    pytest.skip("git's bash completion script is not installed: it comes with git itself "
+                f"(looked in {', '.join(map(str, GIT_BASH_COMPLETION))})")
 
 
 def test_bash_script_is_valid(bash_script: Path) -> None:
@@ -222,8 +226,7 @@ def test_bash_loaded_on_demand(bash_script: Path, repo: Path, tmp_path: Path,
                                hermetic: dict[str, str]) -> None:
     """Installed where the `completion` command's help says, bash-completion loads the script
     the first time `git ksplice` is completed: nothing in ~/.bashrc."""
-    if not BASH_COMPLETION.exists():
-        pytest.fail("bash-completion is not installed (apt-get install bash-completion)")
+    require("bash-completion")
     git_completion()
     help_text = run(["git", "ksplice", "completion", "--help"], cwd=repo, env=hermetic).stdout
     # (click wraps the help, possibly at a hyphen of the path)
@@ -251,9 +254,9 @@ printf '%s\n' "${COMPREPLY[@]}"
 
 
 def zsh() -> str:
+    require("zsh")
     path = shutil.which("zsh")
-    if path is None:
-        pytest.fail("zsh is not installed (apt-get install zsh)")
+    assert path is not None
     return path
 
 
@@ -280,16 +283,39 @@ def test_zsh_script_loads(zsh_fpath: Path, repo: Path) -> None:
     assert r.stdout.split() == ["_git-ksplice", "1"], explain(r)
 
 
+def spawn_on_pty(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, int]:
+    """Start argv on a new pseudo-terminal: (pid, the terminal's master fd).
+
+    The child is a copy of the whole pytest process until it execs: whatever fails there
+    must end it, never let it return into the test session (it would run the remaining tests
+    a second time, in parallel)."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.chdir(cwd)
+            os.execve(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    return pid, fd
+
+
+def test_a_child_that_cannot_exec_ends_there(tmp_path: Path) -> None:
+    pid, fd = spawn_on_pty([str(tmp_path / "no-such-shell")], tmp_path, {})
+    try:
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 127
+
+
 class Zsh:
     """An interactive zsh on a pseudo-terminal, with compinit and our script on $fpath:
     `complete("git-ksplice cr")` types the words and TAB, and returns the line as the
     completion left it."""
 
     def __init__(self, fpath: Path, cwd: Path, env: dict[str, str]) -> None:
-        self.pid, self.fd = pty.fork()
-        if self.pid == 0:  # the child: become zsh
-            os.chdir(cwd)
-            os.execve(zsh(), ["zsh", "-f", "-i"], {**env, "TERM": "dumb"})
+        # zsh() may skip the test: in the parent, before the fork.
+        self.pid, self.fd = spawn_on_pty([zsh(), "-f", "-i"], cwd, {**env, "TERM": "dumb"})
         self.output = b""
         self.send(f"bindkey -e; PS1='> '; fpath=({fpath} $fpath); autoload -U compinit; "
                   "compinit -u -D; echo READY\n")

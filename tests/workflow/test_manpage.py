@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 import click
-import pytest
 
 from git_ksplice import manpage
 from git_ksplice.cli import cli, ksplice_create_cmd
+from tests.needs import require
 from tests.workflow.conftest import REPO, explain
 
 PAGE = REPO / "man" / "man1" / "git-ksplice.1"
@@ -202,9 +202,9 @@ def test_escaping() -> None:
 
 
 def _man(env: dict[str, str]) -> str:
+    require("man-db", "groff-base")
     man = shutil.which("man", path=env["PATH"])
-    if man is None:
-        pytest.fail("man(1) is not installed (apt-get install man-db groff-base)")
+    assert man is not None, f"man is not on the test's PATH {env['PATH']}"
     return man
 
 

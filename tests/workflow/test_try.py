@@ -6,21 +6,18 @@ from __future__ import annotations
 
 import gzip
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from git_ksplice import qemu
+from tests.needs import require
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.skipif(shutil.which("busybox") is None or shutil.which("cpio") is None,
-                    reason="busybox and cpio are installed by .ci/run")
 def test_initramfs_is_a_newc_archive_the_kernel_can_unpack(tmp_path: Path) -> None:
+    require("busybox-static", "cpio")
     archive = qemu.make_initramfs({"ksplice/update.ko": b"\x7fELF-module",
                                    "ksplice/modules/a.ko": b"a"}, "#!/bin/busybox sh\n")
     listing = subprocess.run(["cpio", "-itv"], input=gzip.decompress(archive),

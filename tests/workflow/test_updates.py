@@ -6,13 +6,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import tarfile
 from pathlib import Path
 
-import pytest
-
+from tests.needs import require
 from tests.workflow.conftest import (
     DEMO_FIX,
     EPOCH,
@@ -184,11 +182,10 @@ def test_view_prints_the_patch_verbatim(warm_kernel: Kernel, tmp_path: Path) -> 
         assert shown.endswith("\n" + patch), f"git ksplice {' '.join(args)}:\n{shown}"
 
 
-@pytest.mark.skipif(shutil.which("ccache") is None,
-                    reason="ccache is not installed (.ci/run installs it)")
 def test_through_ccache(warm_kernel: Kernel, tmp_path: Path) -> None:
     """A developer builds through ccache (ksplice.makeArgs CC="ccache gcc"): the same
     update as without, and the second identical build is served from the cache."""
+    require("ccache")
     k = warm_kernel
     k.commit("proc: say more", PROC_FIX)
     k.create("--id", "plain")
