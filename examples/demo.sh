@@ -39,3 +39,15 @@ echo "== git ksplice series"
 git ksplice series
 echo
 echo "Scratch repository: $work/linux (try: git log refs/ksplice/series)"
+cat <<'EOF'
+
+The tiny kernel is not Linux, so its update has no livepatch module (ksplice_<ID>.ko) and
+`git ksplice try` has nothing to load: try is for real kernels. With a real one:
+  1. a git repository of the running kernel's source, with the running kernel's .config,
+     System.map, vmlinux and Module.symvers in its ksplice/ directory (ORIG_CONFIG);
+  2. git ksplice create --prebuild     (the pristine build, once: as long as a kernel build)
+  3. commit the fix, then: git ksplice create
+  4. git ksplice try .git/ksplice/updates/ksplice-<ID>.tar.gz --kernel <its bzImage>
+     (boots that kernel in qemu: the update loads, changes the behaviour, and undoes)
+README.md ("For a real kernel") and `git help ksplice` say more.
+EOF

@@ -19,6 +19,7 @@ def _opening_commands() -> list[str]:
 def test_the_readme_opens_with_the_demo_and_the_test_command() -> None:
     install, tests = _opening_commands()
     assert install == "pip install . && examples/demo.sh"
+    assert tests == "python3 tests/run.py"
     ci = [line for line in (REPO / ".ci/run").read_text().splitlines() if line.strip()]
     assert ci[-1] == tests, "the README's test command and .ci/run's must be the same"
 
@@ -30,3 +31,6 @@ def test_the_demo_runs(tmp_path) -> None:
     r = run([str(REPO / "examples/demo.sh")], cwd=tmp_path, env=env, timeout=300)
     out = r.stdout + r.stderr
     assert "== git ksplice series" in out and "uname: report the system name" in out, out
+    # It ends with what to do next, and why `try` is not for the tiny kernel's tarball.
+    assert "has no livepatch module" in out and "try is for real kernels" in out, out
+    assert "git ksplice create --prebuild" in out.split("Scratch repository:")[1], out
