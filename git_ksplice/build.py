@@ -67,6 +67,15 @@ class OrigConfig:
         return shlex.split(f.read_text()) if f.exists() else []
 
     def check(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            # Most often the running kernel's .config or System.map itself, given for the
+            # directory that holds them.
+            way_out = (f"pass the directory that holds it: --config={self.path.parent}"
+                       if self.path.name in (".config", "System.map") else "pass --config=DIR")
+            raise InputError(f"ORIG_CONFIG {self.path} is a file, not a directory",
+                             hint="ORIG_CONFIG is a directory holding the running kernel's "
+                                  ".config and System.map (and optionally flags, vmlinux, "
+                                  f"Module.symvers): {way_out}")
         if not self.path.is_dir():
             raise InputError(f"ORIG_CONFIG directory {self.path} does not exist",
                              hint="it describes the running kernel: put its .config and "

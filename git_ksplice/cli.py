@@ -45,13 +45,37 @@ def diff_object_cmd(orig: str, patched: str, output: str | None, as_json: bool, 
                  entry_sizes=entry_sizes))
 
 
+class _Jobs(click.ParamType):
+    """A number of make jobs: 1 or more. make refuses -j0 and -j-3, and quietly building with
+    every CPU instead (as 0 once meant here) hides a typo, so both are usage errors (exit 2)
+    before anything runs."""
+
+    name = "integer"
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            number = value
+        else:
+            try:
+                number = int(str(value))
+            except ValueError:
+                self.fail(f"{value!r} is not a number of make jobs", param, ctx)
+        if number < 1:
+            self.fail(f"{value} is not a number of make jobs (1 or more)", param, ctx)
+        return number
+
+
+_JOBS = _Jobs()
+
+
 def _create_options(f):
     """Options shared by `git ksplice create` and the `ksplice-create` script."""
     for decorator in reversed([
         click.option("--patch", "patch", metavar="FILE", help="Build the change this patch "
                      "makes to refs/ksplice/pre (applied with patch(1))."),
         click.option("--diffext", metavar="EXT", help="Every file X<EXT> in the working tree "
-                     "replaces X."),
+                     "replaces X (EXT with its dot: .new)."),
         click.option("--git", "git_commit", metavar="COMMIT", help="Build the change "
                      "refs/ksplice/pre..COMMIT (same as COMMIT)."),
         click.option("--prebuild", is_flag=True, help="Only build the pristine tree."),
@@ -60,7 +84,7 @@ def _create_options(f):
         click.option("--id", "update_id", metavar="ID", help="Update id (default: 8 random "
                      "characters)."),
         click.option("--description", metavar="TEXT", help="What the update fixes."),
-        click.option("-j", "--jobs", type=int, metavar="N", help="make jobs "
+        click.option("-j", "--jobs", type=_JOBS, metavar="N", help="make jobs "
                      "(default: CONCURRENCY_LEVEL, ksplice.jobs, or the number of CPUs)."),
         click.option("-v", "--verbose", count=True, help="Show the build's output (-vv: "
                      "make V=1)."),
@@ -270,15 +294,19 @@ def completion_cmd(shell: str) -> None:
     sys.stdout.write(script(shell, cli))
 
 
-@click.command("ksplice-create", context_settings={"help_option_names": ["-h", "--help", "-?"]})
+#: Ksplice's synopsis: click prints it as the usage line (`[OPTIONS]` then the one change to
+#: build), so `--help` and usage errors show Ksplice's form once, and the man page reads it
+#: from the same place.
+_KSPLICE_CREATE_MODES = "[OPTIONS] {--patch=FILE | --diffext=EXT | --git=COMMIT | --prebuild}"
+
+
+@click.command("ksplice-create", options_metavar=_KSPLICE_CREATE_MODES,
+               context_settings={"help_option_names": ["-h", "--help", "-?"]})
 @click.argument("kernel_source", type=click.Path(file_okay=False))
 @_create_options
 @click.version_option(__version__, prog_name="ksplice-create", message=_VERSION_MESSAGE)
 def ksplice_create_cmd(kernel_source: str, **kw) -> None:
-    """ksplice-create [OPTIONS] {--patch=FILE | --diffext=EXT | --git=COMMIT | --prebuild}
-    KERNEL_SOURCE
-
-    Build a rebootless update of the kernel whose source is the git repository
+    """Build a rebootless update of the kernel whose source is the git repository
     KERNEL_SOURCE, as Ksplice's ksplice-create did. Same as `git -C KERNEL_SOURCE ksplice
     create`; exactly one of --patch, --diffext, --git or --prebuild.
     """
@@ -310,8 +338,14 @@ def _main(command: click.Command, prog_name: str, argv: list[str] | None) -> int
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code
+    except click.exceptions.NoArgsIsHelpError as e:
+        e.show()  # `git ksplice` alone: the help is the message
+        return e.exit_code
+    except click.UsageError as e:
+        _show_usage_error(e)
+        return e.exit_code
     except click.ClickException as e:
-        e.show()
+        ui.error(e.format_message())
         return e.exit_code if e.exit_code != 1 else 129
     except click.exceptions.Abort:
         ui.error("interrupted")
@@ -328,3 +362,22 @@ def _main(command: click.Command, prog_name: str, argv: list[str] | None) -> int
         traceback.print_exc()
         return EXIT_ERROR
     return 0
+
+
+def _show_usage_error(e: click.UsageError) -> None:
+    """Click's usage error in the tool's own style: the usage line and where help is, then
+    `error: ...` on the same console as every other error (click would print `Error:`).
+    The error comes last, where a terminal leaves the eye, as click has it. The pointer
+    names `-h`: git turns `git ksplice --help` into `man git-ksplice`, which fails where the
+    man page is not installed, while `-h` always reaches the tool's own help."""
+    from git_ksplice import ui
+
+    ctx = e.ctx
+    if ctx is not None:
+        ui.console.print(ctx.get_usage(), markup=False, highlight=False)
+        if ctx.command.get_help_option(ctx) is not None:
+            names = ctx.command.get_help_option_names(ctx)
+            option = "-h" if "-h" in names else max(names, key=len)
+            ui.console.print(f"Try '{ctx.command_path} {option}' for help.", markup=False,
+                             highlight=False)
+    ui.error(e.format_message())

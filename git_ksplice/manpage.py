@@ -283,14 +283,10 @@ def _ksplice_create_section(root: Node) -> tuple[str, str]:
     from git_ksplice.cli import ksplice_create_cmd
 
     node = Node((), ksplice_create_cmd, context_for(ksplice_create_cmd, "ksplice-create"))
-    help_ = help_text(ksplice_create_cmd)
-    first, _, rest = help_.partition("\n\n")
-    if first.startswith("ksplice-create "):  # the docstring opens with Ksplice's synopsis
-        synopsis = bold("ksplice-create") + " " + usage(" ".join(first.split()[1:]))
-    else:
-        synopsis = bold("ksplice-create") + " " + usage(
-            " ".join(ksplice_create_cmd.collect_usage_pieces(node.ctx)))
-        rest = help_
+    # Ksplice's synopsis is the command's usage (its options_metavar), as --help prints it.
+    synopsis = bold("ksplice-create") + " " + usage(
+        " ".join(ksplice_create_cmd.collect_usage_pieces(node.ctx)))
+    rest = help_text(ksplice_create_cmd)
     create = next((n for n in walk(root.command) if n.path == ("create",)), None)
     known = {o for p in options_of(create) for o in spellings(p)} if create else set()
     own = [p for p in options_of(node) if set(spellings(p)) - known]

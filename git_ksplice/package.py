@@ -16,6 +16,7 @@ import gzip
 import io
 import json
 import os
+import re
 import tarfile
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,9 @@ from git_ksplice.errors import InputError
 
 API_VERSION = "1"
 MANIFEST_FORMAT = 1
+
+#: An update id: names a ref (refs/ksplice/updates/<ID>), a file and a kernel module.
+UPDATE_ID = re.compile(r"^[a-z0-9][a-z0-9_]{0,31}$")
 
 
 def timestamp() -> int:

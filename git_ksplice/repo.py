@@ -48,6 +48,16 @@ class GitError(KspliceError):
     pass
 
 
+def _bad_setting(key: str, stderr: str) -> InputError:
+    """git's complaint about a setting, and how to find and fix it (it may come from any
+    configuration file, or from `git -c`)."""
+    detail = stderr.strip().splitlines()[-1:] or ["git config failed"]
+    return InputError(f"bad value for {key}: {detail[0].removeprefix('fatal: ')}",
+                      hint=f"set it again (git config {key} VALUE) or remove it (git config "
+                           f"--unset {key}); `git config --show-origin {key}` shows where it "
+                           "is set")
+
+
 class Repo:
     """A repository as git sees it from the user's environment."""
 
@@ -130,7 +140,7 @@ class Repo:
         if r.returncode == 1:
             return None
         if r.returncode != 0:
-            raise InputError(f"bad value for {key}: {r.stderr.strip()}")
+            raise _bad_setting(key, r.stderr)
         return r.stdout.rstrip("\n")
 
     def gc_running(self) -> int | None:
@@ -152,7 +162,7 @@ class Repo:
         """Every value of a multi-valued setting, in git's order."""
         r = self.git("config", "--get-all", key, check=False)
         if r.returncode not in (0, 1):
-            raise InputError(f"bad value for {key}: {r.stderr.strip()}")
+            raise _bad_setting(key, r.stderr)
         return r.stdout.splitlines()
 
     # -- objects -------------------------------------------------------------------------
@@ -229,6 +239,31 @@ class Repo:
         except KeyError:
             return None
         return obj.data if isinstance(obj, pygit2.Blob) else None
+
+    def uncommitted_changes(self) -> list[str]:
+        """Tracked files of the user's worktree that differ from HEAD, staged or not (empty
+        for a bare repository). `--no-optional-locks`: a plain `git status` refreshes the
+        index and writes it back, and the user's index is never written here. Untracked
+        files do not count: build products and editor files would drown the edits."""
+        if self.toplevel is None:
+            return []
+        r = self.git(f"--work-tree={self.toplevel}", "--no-optional-locks", "status",
+                     "--porcelain=v1", "-z", "--untracked-files=no", "--ignore-submodules",
+                     check=False)
+        if r.returncode != 0:
+            return []  # only ever used to explain "no change": not worth failing for
+        fields = r.stdout.split("\0")
+        out = []
+        i = 0
+        while i < len(fields):
+            entry = fields[i]
+            i += 1
+            if len(entry) < 4:
+                continue
+            out.append(entry[3:])
+            if {"R", "C"} & set(entry[:2]):  # a rename or copy: its source path follows
+                i += 1
+        return out
 
     # -- refs ----------------------------------------------------------------------------
 

@@ -16,6 +16,12 @@ from rich.markup import escape
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """`1 object`, `2 objects`, `0 objects`: every count the tool prints goes through here,
+    so none reads "1 objects". `plural` for nouns that do not just take an s."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def print_json(document: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(document, indent=2, sort_keys=False) + "\n")
     sys.stdout.flush()
@@ -59,7 +65,8 @@ class Phases:
             console.print(line, markup=False, highlight=False)
         elif self._status is not None:
             elapsed = self._time.monotonic() - self._start
-            self._status.update(f"{self._phase}: {compiled} objects compiled, {elapsed:.0f}s")
+            self._status.update(f"{self._phase}: {count(compiled, 'object')} compiled, "
+                                f"{elapsed:.0f}s")
 
     def done(self, summary: str = "") -> None:
         elapsed = self._time.monotonic() - self._start

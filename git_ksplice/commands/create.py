@@ -32,6 +32,7 @@ from git_ksplice.build import (
     BuildSettings,
     BuildTree,
     OrigConfig,
+    PatchedBuild,
     is_linux_tree,
     target_map,
 )
@@ -54,10 +55,15 @@ from git_ksplice.livepatch.module import (
     check_versions,
 )
 from git_ksplice.livepatch.symbols import running_vermagic
-from git_ksplice.package import API_VERSION, MANIFEST_FORMAT, Update, timestamp, write_tarball
+from git_ksplice.package import (
+    API_VERSION,
+    MANIFEST_FORMAT,
+    UPDATE_ID,
+    Update,
+    timestamp,
+    write_tarball,
+)
 from git_ksplice.repo import REF_PRE, REF_SERIES, REF_TMP, REF_UPDATES, Repo
-
-_ID = re.compile(r"^[a-z0-9][a-z0-9_]{0,31}$")
 
 
 @dataclass
@@ -127,16 +133,28 @@ def _apply_settings(repo: Repo, opts: CreateOptions) -> None:
 
 
 def _jobs(repo: Repo, opts: CreateOptions) -> int:
+    """-j N, else CONCURRENCY_LEVEL, else ksplice.jobs, else the number of CPUs. A value below
+    1 is an error naming where it came from, never "every CPU": make itself refuses -j0, and
+    a silent substitute hides the typo. (-j is checked by click, as a usage error; the other
+    two are not on the command line, so they are ordinary errors, exit 1.)"""
     if opts.jobs is not None:
-        return opts.jobs if opts.jobs > 0 else (os.cpu_count() or 1)
+        if opts.jobs < 1:  # the CLI refuses it; library callers get the same answer
+            raise InputError(f"-j {opts.jobs}: the number of make jobs must be 1 or more")
+        return opts.jobs
     env = os.environ.get("CONCURRENCY_LEVEL")
     if env:
-        if not env.isdigit() or int(env) < 1:
-            raise InputError(f"CONCURRENCY_LEVEL={env!r} is not a positive number")
+        if not re.fullmatch(r"[0-9]+", env) or int(env) < 1:
+            raise InputError(f"CONCURRENCY_LEVEL={env!r} is not a positive number of make jobs",
+                             hint="set it to 1 or more, or unset it (-j N overrides it)")
         return int(env)
     configured = repo.config("ksplice.jobs", type="int")
-    if configured:
-        return max(int(configured), 1)
+    if configured is not None:
+        if int(configured) < 1:
+            raise InputError(f"ksplice.jobs={configured} is not a positive number of make jobs",
+                             hint="set it to 1 or more (git config ksplice.jobs N) or remove it "
+                                  "(git config --unset ksplice.jobs); `git config "
+                                  "--show-origin ksplice.jobs` shows where it is set")
+        return int(configured)
     return os.cpu_count() or 1
 
 
@@ -218,7 +236,7 @@ def _run(opts: CreateOptions) -> int:
     repo = Repo.discover(opts.source or opts.cwd)
     _apply_settings(repo, opts)
     update_id = opts.id if opts.id is not None else _new_id()
-    if not _ID.match(update_id):
+    if not UPDATE_ID.match(update_id):
         raise InputError(f"--id={update_id!r}: an update id is 1 to 32 characters of a-z, "
                          "0-9 and _, starting with a letter or digit")
     orig = find_orig_config(repo, opts)
@@ -243,14 +261,26 @@ def _run(opts: CreateOptions) -> int:
         # Check the input before anything is built or recorded: a typo must not cost a
         # kernel build, nor leave refs/ksplice/pre behind.
         pre, pre_ref = _pre(repo, opts)
-        change = None if opts.prebuild else _change(repo, opts, pre)
+        try:
+            change = None if opts.prebuild else _change(repo, opts, pre, new_pre=pre_ref is None)
+        except NoChangeError:
+            # A first run that finds nothing to do still records pre at HEAD, and says so.
+            # "No change" answers a valid input; it is not a failed command (a typo records
+            # nothing, above). Recording pre is what first use does anyway (`create
+            # --prebuild`, the usual first step, does it too), and the same run would have
+            # recorded it had the build found no change. Not recording it would be worse:
+            # a user with uncommitted edits commits them, and the next first run would take
+            # that commit, the fix itself, as the running kernel. The message names pre and
+            # how to point it elsewhere (git update-ref) when HEAD is not the running kernel.
+            if pre_ref is None:
+                _move_pre(repo, pre, pre_ref, phases)
+            raise
         if change is not None:
             _check_layouts(repo, opts, pre, change.post, phases)
         if pre_ref != pre:
-            why = ("--series --prebuild at HEAD" if pre_ref else "start at HEAD")
-            repo.update_ref(REF_PRE, pre, pre_ref, f"ksplice create: {why} ({pre[:12]})")
-            phases.note(f"refs/ksplice/pre {'now' if pre_ref else 'created'} at HEAD "
-                        f"({pre[:12]}): the running kernel's source")
+            _move_pre(repo, pre, pre_ref, phases)
+        for note in change.notes if change is not None else []:
+            phases.note(note)
         checkpoint("pre-created")
         tree = BuildTree(repo)
         targets, patched_targets = _make_targets(repo, pre)
@@ -313,6 +343,14 @@ def _forget_dead_runs(repo: Repo) -> None:
         repo.delete_ref(name, oid, "ksplice create: forget an interrupted run")
 
 
+def _move_pre(repo: Repo, pre: str, pre_ref: str | None, phases: ui.Phases) -> None:
+    """Create refs/ksplice/pre at HEAD (first use), or reset it there (--series --prebuild)."""
+    why = ("--series --prebuild at HEAD" if pre_ref else "start at HEAD")
+    repo.update_ref(REF_PRE, pre, pre_ref, f"ksplice create: {why} ({pre[:12]})")
+    phases.note(f"refs/ksplice/pre {'now' if pre_ref else 'created'} at HEAD "
+                f"({pre[:12]}): the running kernel's source")
+
+
 def _pre(repo: Repo, opts: CreateOptions) -> tuple[str, str | None]:
     """(the running kernel's source, refs/ksplice/pre's current value). They differ when the
     ref is to be created from HEAD (first use) or reset to HEAD (--series --prebuild)."""
@@ -358,14 +396,14 @@ def _check_layouts(repo: Repo, opts: CreateOptions, pre: str, post: str,
              "--allow-layout-change")
 
 
-def _change(repo: Repo, opts: CreateOptions, pre: str) -> inputs.Change:
+def _change(repo: Repo, opts: CreateOptions, pre: str, *, new_pre: bool) -> inputs.Change:
     if opts.patch is not None:
         p = Path(opts.patch)
         p = p if p.is_absolute() else Path(opts.cwd) / p
         return inputs.from_patch(repo, p, pre, opts.patch_opts or ["-p1"])
     if opts.diffext is not None:
         return inputs.from_diffext(repo, opts.diffext, pre)
-    return inputs.from_commit(repo, opts.commit or "HEAD", pre)
+    return inputs.from_commit(repo, opts.commit or "HEAD", pre, new_pre=new_pre)
 
 
 @dataclass
@@ -389,7 +427,8 @@ def _build_and_package(repo: Repo, opts: CreateOptions, update_id: str, orig: Or
             phases.stop()
             raise
         targets = target_map(tree.path)
-        phases.done(f"{build.compiled} objects compiled, {len(build.changed_objects)} changed")
+        phases.done(f"{ui.count(build.compiled, 'object')} compiled, "
+                    f"{len(build.changed_objects)} changed")
         only = [_target_pattern(p) for p in opts.only_targets]
         results: list[_ObjectResult] = []
         update = Update(update_id)
@@ -418,7 +457,7 @@ def _build_and_package(repo: Repo, opts: CreateOptions, update_id: str, orig: Or
             wanted = sorted({r.target for r in results
                              if r.target != "vmlinux" and r.result.result == "changed"})
             modules = _replacement_modules(tree, settings, wanted, log)
-        phases.done(f"{len(results)} objects")
+        phases.done(ui.count(len(results), "object"))
         checkpoint("compared")
     finally:
         tree.revert(pre)
@@ -434,18 +473,15 @@ def _build_and_package(repo: Repo, opts: CreateOptions, update_id: str, orig: Or
                            hint=f"objects compared: {', '.join(r.path for r in results)}")
     changed = [r for r in results if r.result.result == "changed"]
     if not changed:
-        raise NoChangeError("No changes detected.",
-                            hint=f"{len(build.rebuilt)} build products were rebuilt, "
-                                 f"{len(build.changed_objects)} objects differ, and no "
-                                 "function changed")
+        raise NoChangeError("No changes detected.", hint=_no_change_hint(build, change))
     description = opts.description or change.summary
     module = None
     if is_linux_tree(tree.path):
         phases.start("livepatch module")
         module = _livepatch_module(repo, update_id, orig, tree, settings, changed, log,
                                    description)
-        phases.done(f"{module.name}.ko: {len(module.funcs)} functions, "
-                    f"{module.klp_relocations} klp relocations")
+        phases.done(f"{module.name}.ko: {ui.count(len(module.funcs), 'function')}, "
+                    f"{ui.count(module.klp_relocations, 'klp relocation')}")
     when = timestamp()
     manifest = _manifest(repo, update_id, opts, pre, change, changed, extra, when, tree)
     if module is not None:
@@ -479,6 +515,18 @@ def _build_and_package(repo: Repo, opts: CreateOptions, update_id: str, orig: Or
     checkpoint("recorded")
     _report(opts, update_id, tarball, pre, change, changed, manifest)
     return EXIT_OK
+
+
+def _no_change_hint(build: PatchedBuild, change: inputs.Change) -> str:
+    """What the build did, and (the likely reason) new files nothing built."""
+    rebuilt, differ = len(build.rebuilt), len(build.changed_objects)
+    hint = (f"{ui.count(rebuilt, 'build product')} {'was' if rebuilt == 1 else 'were'} "
+            f"rebuilt, {ui.count(differ, 'object')} {'differs' if differ == 1 else 'differ'}, "
+            "and no function changed")
+    if change.added:
+        hint += (f"; the change adds {', '.join(change.added)}: a new file is built only "
+                 "if a Makefile names it")
+    return hint
 
 
 def _module_warnings(module: ModuleBuild) -> list[str]:

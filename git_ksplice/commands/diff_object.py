@@ -93,14 +93,15 @@ def _show(res: DiffResult, written: str | None) -> None:
             c.print(t)
     else:
         for status, name, size, why in functions:
-            c.print(f"{status:8} {name} ({size} bytes){': ' + why if why else ''}")
+            c.print(f"{status:8} {name} ({ui.count(size, 'byte')}){': ' + why if why else ''}")
         for i in others:
             where = f" [{i['section']}]" if i["section"] != i["name"] else ""
             c.print(f"carried  {i['name']}{where}: {i['why']}")
     kept = [s for s in res.special_sections if s["kept"]]
     for s in kept:
-        c.print(f"table    {s['name']}: kept {s['kept']} of {s['entries']} entries "
-                f"({s['entry_size']} bytes each)")
+        c.print(f"table    {s['name']}: kept {s['kept']} of "
+                f"{ui.count(s['entries'], 'entry', 'entries')} "
+                f"({ui.count(s['entry_size'], 'byte')} each)")
     if refs:
         c.print("uses     " + ", ".join(
             r["name"] + (f" (local, {r['file']})" if r["binding"] == "local" else "")

@@ -323,7 +323,8 @@ def status(repo: Repo, as_json: bool, show_all: bool = False) -> int:
         older = {j.seq for j in finished[:-RECENT]}
         shown = [j for j in jobs if j.seq not in older]
         if older:
-            con.print(f"({len(older)} older finished jobs not shown: --all shows them)")
+            con.print(f"({ui.count(len(older), 'older finished job')} not shown: --all "
+                      "shows them)")
     for j in shown:
         state = j.state + (f" (exit {j.exit_code})" if j.state == "failed" and j.exit_code
                            else "")

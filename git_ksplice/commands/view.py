@@ -17,7 +17,7 @@ import pygit2
 
 from git_ksplice import ui
 from git_ksplice.errors import EXIT_OK, InputError
-from git_ksplice.package import read_tarball
+from git_ksplice.package import UPDATE_ID, read_tarball
 from git_ksplice.repo import REF_SERIES, REF_UPDATES, Repo
 
 
@@ -60,9 +60,32 @@ def _functions(manifest: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
+def _tarball_or_id(tarball: str) -> str | None:
+    """TARBALL that is no file but the id of an update built here (as `git ksplice series`
+    lists them): that id, so `view ID` shows what `view --id ID` would. A file wins over an
+    id of the same name: it is what the user pointed at."""
+    if Path(tarball).exists():
+        return None
+    try:
+        repo = Repo.discover() if UPDATE_ID.match(tarball) else None
+    except InputError:
+        repo = None  # outside a repository there are no ids to look up
+    if repo is not None and (repo.refs(REF_UPDATES + tarball)
+                             or any(e[1].get("id") == tarball for e in _ledger(repo))):
+        return tarball
+    raise InputError(f"cannot read update {tarball}: there is no such file"
+                     + (", nor an update with that id here" if repo is not None else ""),
+                     hint="give an update tarball's path, or --id ID for an update built in "
+                          "this repository (git ksplice series lists them)")
+
+
 def run(tarball: str | None, update_id: str | None, as_json: bool) -> int:
     if (tarball is None) == (update_id is None):
         raise InputError("give a TARBALL or --id ID (one of them)")
+    if tarball is not None:
+        update_id = _tarball_or_id(tarball)
+        if update_id is not None:
+            tarball = None
     if tarball is not None:
         t = read_tarball(Path(tarball))
         manifest, description, patch = t.manifest, t.text("description"), t.text("patch")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from git_ksplice.errors import InputError, RefusedError
+from git_ksplice.ui import count
 
 _SYM = struct.Struct("<IBBHQQ")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
@@ -143,7 +144,8 @@ class ObjectSymbols:
         if len(running) != len(ranked):
             raise RefusedError(
                 f"cannot place {name} unambiguously: the running kernel's System.map has "
-                f"{len(running)} symbols of that name, the pristine build {len(ranked)}",
+                f"{count(len(running), 'symbol')} of that name, the pristine build "
+                f"{len(ranked)}",
                 hint="put the running kernel's unstripped vmlinux in ORIG_CONFIG")
         return 0 if len(running) == 1 else ranked.index(ours) + 1
 
