@@ -6,19 +6,37 @@ scratch directory; `--diffext=EXT` takes every `X<EXT>` file of the user's worki
 new `X`. Either way the result is a commit on top of pre made with a fixed identity and date,
 so the same input always gives the same commit; the user's files, index and HEAD are only
 ever read.
+
+Files are read as git would store them, and nothing from outside the repository gets in: a
+symlink is committed as a symlink (its target, never what it points at), and refused when its
+target leads out of the tree or into `.git`; FIFOs, devices and sockets are refused (a FIFO
+would hang the read, /dev/zero would fill memory); reads are bounded; paths with `..` or a
+`.git` component are refused. Patches apply exactly: no fuzz unless `--patch-opt` asks.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import posixpath
 import re
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from git_ksplice.errors import InputError, NoChangeError
-from git_ksplice.repo import Repo
+from git_ksplice.repo import Repo, Symlink
+
+#: The largest file a change may hold. Linux's largest sources (generated register headers)
+#: are a few tens of MB; a larger "source" is a mistake, and reading it whole would be too.
+MAX_FILE_BYTES = 128 << 20
+#: The largest patch file read.
+MAX_PATCH_BYTES = 256 << 20
+
+#: A file of the change: regular content, a symlink, or None (the change deletes it).
+Entry = bytes | Symlink | None
 
 
 @dataclass
@@ -126,26 +144,30 @@ def _patch_paths(text: str, strip: int) -> list[str]:
 
 
 def from_patch(repo: Repo, patch_file: Path, pre: str, patch_opts: list[str]) -> Change:
-    try:
-        data = patch_file.read_bytes()
-    except OSError as e:
-        raise InputError(f"cannot read patch {patch_file}: {e.strerror}") from None
+    data = read_input_file(patch_file, MAX_PATCH_BYTES, "patch")
     text = data.decode("utf-8", "surrogateescape")
     if not text.strip():
         raise InputError(f"patch {patch_file} is empty", hint="No changes to build.")
+    if re.search(r"^GIT binary patch$", text, re.M):
+        raise InputError(f"{patch_file} holds a git binary patch, which patch(1) cannot apply",
+                         hint="apply it with git (git am or git apply, then commit) and build "
+                              "the commit: git ksplice create COMMIT")
     if not re.search(r"^@@ |^\*\*\* \d|^\d+(,\d+)?[acd]\d", text, re.M):
         raise InputError(f"{patch_file} is not a patch (no hunks found)",
                          hint="give a unified diff, as made by git diff or diff -u")
     paths = _patch_paths(text, _strip_level(patch_opts))
+    for rel in paths:
+        check_path(rel, f"patch {patch_file.name}")
+    # Exact, as `git apply` is: a hunk that only fits with fuzz may land in the wrong place,
+    # and an update built from it would ship code nobody reviewed. --patch-opt=--fuzz=N
+    # allows it.
+    fuzz = [] if any(o.startswith(("-F", "--fuzz")) for o in patch_opts) else ["--fuzz=0"]
     with tempfile.TemporaryDirectory(prefix="ksplice-patch-") as scratch:
         root = Path(scratch)
         for rel in paths:
-            blob = repo.read_blob(pre, rel)
-            if blob is not None:
-                (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                (root / rel).write_bytes(blob)
+            _materialise(root / rel, repo.read_entry(pre, rel))
         r = subprocess.run(["patch", "--batch", "--forward", "--no-backup-if-mismatch",
-                            "-r", "-", *patch_opts, "-d", str(root), "-i",
+                            "-r", "-", *fuzz, *patch_opts, "-d", str(root), "-i",
                             str(patch_file.resolve())],
                            capture_output=True, text=True)
         if r.returncode != 0:
@@ -154,16 +176,17 @@ def from_patch(repo: Repo, patch_file: Path, pre: str, patch_opts: list[str]) ->
                              f"({pre[:12]}):\n  " + "\n  ".join(detail[-8:]),
                              hint="rebase the patch on the running kernel's source, or "
                                   "check --patch-opt (default -p1)")
-        files: dict[str, bytes | None] = {}
-        for dirpath, _, filenames in os.walk(root):
-            for f in filenames:
+        files: dict[str, Entry] = {}
+        for dirpath, dirnames, filenames in os.walk(root):
+            # A symlink to a directory is listed with the directories (and not followed).
+            for f in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
                 full = Path(dirpath) / f
                 rel = full.relative_to(root).as_posix()
                 if f.endswith((".orig", ".rej")) and rel not in paths:
                     continue
-                files[rel] = full.read_bytes()
+                files[rel] = read_tree_file(full, rel)
         for rel in paths:
-            if rel not in files and repo.read_blob(pre, rel) is not None:
+            if rel not in files and repo.read_entry(pre, rel) is not None:
                 files[rel] = None  # the patch deleted it
     return _temporary(repo, pre, files, "patch", patch_file.name, text)
 
@@ -184,7 +207,7 @@ def from_diffext(repo: Repo, ext: str, pre: str) -> Change:
     if not files:
         raise InputError(f"--diffext={ext}: no file ending in {ext} in {repo.toplevel}",
                          hint=f"put the new version of X next to it as X{ext}")
-    added = sorted(rel for rel in files if repo.read_blob(pre, rel) is None)
+    added = sorted(rel for rel in files if repo.read_entry(pre, rel) is None)
     if len(added) == len(files):
         # Nothing replaced, only new files: no Makefile builds them, so the build would find
         # no change. More likely EXT matched the wrong files (--diffext=.c): say so now.
@@ -202,20 +225,127 @@ def from_diffext(repo: Repo, ext: str, pre: str) -> Change:
     return change
 
 
-def _diffext_files(top: Path, ext: str) -> dict[str, bytes | None]:
-    """Every X<EXT> of the working tree, as {X: its contents}."""
-    files: dict[str, bytes | None] = {}
+def _diffext_files(top: Path, ext: str) -> dict[str, Entry]:
+    """Every X<EXT> of the working tree, as {X: its contents as git would store them}."""
+    files: dict[str, Entry] = {}
     for dirpath, dirnames, filenames in os.walk(top):
         dirnames[:] = [d for d in dirnames if d != ".git"]
-        for f in filenames:
+        links = [d for d in dirnames if (Path(dirpath) / d).is_symlink()]
+        for f in filenames + links:
             if f.endswith(ext) and f != ext:
                 full = Path(dirpath) / f
-                files[full.relative_to(top).as_posix()[: -len(ext)]] = full.read_bytes()
+                rel = full.relative_to(top).as_posix()
+                files[rel[: -len(ext)]] = read_tree_file(full, rel)
     return files
 
 
-def _temporary(repo: Repo, pre: str, files: dict[str, bytes | None], mode: str,
+# -- reading files as git would store them ------------------------------------------------
+
+
+def check_path(rel: str, where: str) -> None:
+    """A path a change may write: inside the tree, and not into `.git` (where a file would be
+    a hook or a config, not source)."""
+    parts = rel.split("/")
+    if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise InputError(f"{where}: {rel!r} is not a path inside the tree",
+                         hint="a change may only touch files of the kernel's source tree")
+    if any(p.casefold() == ".git" for p in parts):
+        raise InputError(f"{where}: {rel} is inside .git, which is no part of the source",
+                         hint="a change may only touch files of the kernel's source tree")
+
+
+def read_tree_file(full: Path, rel: str) -> bytes | Symlink:
+    """A file of a tree that becomes part of the change: a symlink's target (the link is not
+    followed), or a regular file's bytes. Opened with O_NOFOLLOW, so a link swapped in after
+    the walk is not followed either, and O_NONBLOCK, so a FIFO cannot hang the open."""
+    try:
+        fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return Symlink(os.readlink(os.fsencode(full)))
+        raise InputError(f"cannot read {rel}: {e.strerror}") from None
+    return _read_regular(fd, MAX_FILE_BYTES, rel,
+                         "a change holds regular files and symlinks only: remove it")
+
+
+def read_input_file(path: Path, limit: int, what: str) -> bytes:
+    """A file the user names on the command line (a patch): symlinks followed, as any
+    command does, but only a regular file is read, and at most `limit` bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise InputError(f"cannot read {what} {path}: {e.strerror}") from None
+    return _read_regular(fd, limit, f"{what} {path}", f"give the {what} as a file")
+
+
+def _read_regular(fd: int, limit: int, what: str, hint: str) -> bytes:
+    """The bytes of the open file `fd` (closed here), at most `limit` of them, if it is a
+    regular file: checked on the descriptor, so what is read is what was checked."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise InputError(f"{what} is {_file_kind(mode)}, not a regular file", hint=hint)
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise InputError(f"cannot read {what}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise InputError(f"{what} is larger than {limit >> 20} MiB",
+                         hint="no kernel source file is that large: is it the right file?")
+    return b"".join(chunks)
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+def _materialise(path: Path, entry: bytes | Symlink | None) -> None:
+    """Put pre's version of a file into patch(1)'s scratch tree as git would check it out: a
+    symlink as a symlink, so a plain diff against it fails instead of rewriting its target."""
+    if entry is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(entry, Symlink):
+        os.symlink(entry.target, os.fsencode(path))
+    else:
+        path.write_bytes(entry)
+
+
+def _check_entries(repo: Repo, pre: str, files: dict[str, Entry], where: str) -> None:
+    """Every file the change writes, and every symlink it makes or changes: inside the tree.
+    (Links pre already has are the source's own, and left alone.)"""
+    for rel, entry in files.items():
+        check_path(rel, where)
+        if isinstance(entry, Symlink) and entry != repo.read_entry(pre, rel):
+            _check_link_target(rel, entry, where)
+
+
+def _check_link_target(rel: str, link: Symlink, where: str) -> None:
+    target = os.fsdecode(link.target)
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
+    outside = target.startswith("/") or resolved == ".." or resolved.startswith("../")
+    if outside or any(p.casefold() == ".git" for p in resolved.split("/")):
+        raise InputError(f"{where}: {rel} is a symlink to {target}, outside the source tree",
+                         hint="a change may not bring in files from outside the repository: "
+                              "copy what it needs into the tree as a regular file")
+
+
+def _temporary(repo: Repo, pre: str, files: dict[str, Entry], mode: str,
                summary: str, patch_text: str) -> Change:
+    _check_entries(repo, pre, files, summary)
     tree = repo.tree_with_files(pre, files)
     if tree == str(repo.pygit[pre].tree_id):
         raise NoChangeError(f"{summary} changes nothing in refs/ksplice/pre: "

@@ -19,6 +19,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pygit2
@@ -56,6 +57,13 @@ def _bad_setting(key: str, stderr: str) -> InputError:
                       hint=f"set it again (git config {key} VALUE) or remove it (git config "
                            f"--unset {key}); `git config --show-origin {key}` shows where it "
                            "is set")
+
+
+@dataclass(frozen=True)
+class Symlink:
+    """A symbolic link as git stores it (mode 120000): its target, not what it points at."""
+
+    target: bytes
 
 
 class Repo:
@@ -186,9 +194,10 @@ class Repo:
         return self.git("diff", "--no-color", "--no-ext-diff", "--binary", old, new,
                         isolated=True).stdout
 
-    def tree_with_files(self, base: str, files: dict[str, bytes | None]) -> str:
+    def tree_with_files(self, base: str, files: dict[str, bytes | Symlink | None]) -> str:
         """The tree of commit `base` with `files` replaced (None: removed), in memory: no
-        index file or working tree is involved."""
+        index file or working tree is involved. A Symlink is stored as git stores one (mode
+        120000, its target as the blob); bytes are a regular file, executable if it was."""
         repo = self.pygit
         index = pygit2.Index()
         index.read_tree(repo[base].peel(pygit2.Tree))
@@ -197,10 +206,17 @@ class Repo:
                 if path in index:
                     index.remove(path)
                 continue
-            mode = pygit2.enums.FileMode.BLOB
-            if path in index:
-                mode = index[path].mode
-            index.add(pygit2.IndexEntry(path, repo.create_blob(data), mode))
+            if isinstance(data, Symlink):
+                blob, mode = repo.create_blob(data.target), pygit2.enums.FileMode.LINK
+            else:
+                # Regular content replaces a symlink with a regular file: it never becomes
+                # the link's new target.
+                executable = path in index and \
+                    index[path].mode == pygit2.enums.FileMode.BLOB_EXECUTABLE
+                blob = repo.create_blob(data)
+                mode = (pygit2.enums.FileMode.BLOB_EXECUTABLE if executable
+                        else pygit2.enums.FileMode.BLOB)
+            index.add(pygit2.IndexEntry(path, blob, mode))
         return str(index.write_tree(repo))
 
     def tool_commit(self, tree: str, parent: str, message: str) -> str:
@@ -232,6 +248,19 @@ class Repo:
             index.add(pygit2.IndexEntry(path, repo.create_blob(data),
                                         pygit2.enums.FileMode.BLOB))
         return str(index.write_tree(repo))
+
+    def read_entry(self, commit: str, path: str) -> bytes | Symlink | None:
+        """A file of `commit` as git stores it: a regular file's bytes, a symlink's target
+        (never what it points at), None for no such file (or a directory, a submodule)."""
+        try:
+            entry = self.pygit[commit].peel(pygit2.Tree)[path]
+        except KeyError:
+            return None
+        if not isinstance(entry, pygit2.Blob):
+            return None
+        if entry.filemode == pygit2.enums.FileMode.LINK:
+            return Symlink(entry.data)
+        return entry.data
 
     def read_blob(self, commit: str, path: str) -> bytes | None:
         try:

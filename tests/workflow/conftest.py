@@ -227,6 +227,8 @@ def _file_hashes(root: Path) -> dict[str, str]:
             st = p.lstat()
             if stat.S_ISLNK(st.st_mode):
                 out[rel] = "link:" + os.readlink(p)
+            elif not stat.S_ISREG(st.st_mode):  # a FIFO a test made: reading it would hang
+                out[rel] = f"special:{stat.S_IFMT(st.st_mode):o}"
             else:
                 digest = hashlib.sha256(p.read_bytes()).hexdigest()
                 out[rel] = f"{oct(st.st_mode & 0o777)}:{digest}"
