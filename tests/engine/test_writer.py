@@ -10,7 +10,7 @@ import pytest
 
 from git_ksplice.elf.model import SHN_XINDEX, ElfObject, read_object
 from git_ksplice.elf.writer import write_object
-from tests.conftest import CORPUS, assert_valid_object
+from tests.conftest import CORPUS, CORPUS_MISSING, assert_valid_object
 
 
 def _snapshot(obj: ElfObject) -> tuple[list, list]:
@@ -31,8 +31,11 @@ def _round_trip(path: Path, tmp_path: Path) -> Path:
     return out
 
 
-def _corpus_objects() -> list[str]:
-    return sorted(p.name for p in CORPUS.glob("*.o")) if CORPUS.exists() else []
+def _corpus_objects() -> list:
+    """Every object of the corpus; without it, a placeholder that skips saying how to get it."""
+    if (CORPUS / "expectations.json").exists():
+        return sorted(p.name for p in CORPUS.glob("*.o"))
+    return [pytest.param(None, id="no-corpus", marks=pytest.mark.skip(reason=CORPUS_MISSING))]
 
 
 @pytest.mark.corpus

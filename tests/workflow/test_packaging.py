@@ -55,8 +55,11 @@ def installed_version(env: dict[str, str], cwd: Path) -> tuple[str, str]:
 
 
 def pip_install(python: Path, *args: str, cwd: Path) -> None:
+    """Offline, without dependencies, and --ignore-installed: the venv sees the outer
+    environment's packages, which may hold a git-ksplice already (the README's first
+    command installs one); pip must neither skip the install nor touch that one."""
     run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-         "--no-build-isolation", *args], cwd=cwd, timeout=300,
+         "--no-build-isolation", "--ignore-installed", *args], cwd=cwd, timeout=300,
         env={**_pip_env(), "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
 
 
