@@ -46,6 +46,16 @@ _PROGRESS = re.compile(r"^\s+(CC|AS|CC \[M\]|AS \[M\])\s+(\S+)")
 _ERROR_LINE = re.compile(r"(error|Error \d+|undefined reference|fatal)", re.I)
 
 
+def shell_words(text: str, where: str) -> list[str]:
+    """Words of a shell-quoted setting (ORIG_CONFIG's flags, ksplice.makeArgs), or an error
+    naming the setting: an unbalanced quote is the user's typo, not a crash."""
+    try:
+        return shlex.split(text)
+    except ValueError as e:
+        raise InputError(f"cannot read {where}: {e} in {text.strip()!r}",
+                         hint="quote the words as a shell would (CC=\"ccache gcc\")") from None
+
+
 @dataclass
 class OrigConfig:
     """ORIG_CONFIG: what describes the running kernel."""
@@ -64,7 +74,7 @@ class OrigConfig:
     def flags(self) -> list[str]:
         """Extra kbuild arguments the running kernel was built with (Ksplice's `flags`)."""
         f = self.path / "flags"
-        return shlex.split(f.read_text()) if f.exists() else []
+        return shell_words(f.read_text(), f"ORIG_CONFIG's flags ({f})") if f.exists() else []
 
     def check(self) -> None:
         if self.path.exists() and not self.path.is_dir():

@@ -14,22 +14,25 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import os
 import re
+import stat
 import tarfile
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from git_ksplice import manifest as manifest_schema
 from git_ksplice.errors import InputError
 
 API_VERSION = "1"
 MANIFEST_FORMAT = 1
 
 #: An update id: names a ref (refs/ksplice/updates/<ID>), a file and a kernel module.
-UPDATE_ID = re.compile(r"^[a-z0-9][a-z0-9_]{0,31}$")
+#: `\Z`, not `$`: `$` also matches before a final newline, and "abc\n" is no id.
+UPDATE_ID = re.compile(r"[a-z0-9][a-z0-9_]{0,31}\Z")
 
 
 def timestamp() -> int:
@@ -90,9 +93,16 @@ def write_tarball(update: Update, out_dir: Path, when: int) -> Path:
     return dest
 
 
+#: Bounds for reading an update from anywhere: a tarball of 2 MB can hold 2 GiB of zeros,
+#: or 300,000 members. A real update holds a few dozen files of a few MB.
+MAX_MEMBERS = 10_000
+MAX_MEMBER_BYTES = 256 << 20
+MAX_TOTAL_BYTES = 1 << 30
+
+
 @dataclass
 class Tarball:
-    """A read update."""
+    """A read update: the files that were asked for, by path inside `ksplice-<ID>/`."""
 
     path: Path
     id: str
@@ -100,28 +110,83 @@ class Tarball:
 
     @property
     def manifest(self) -> dict[str, Any]:
-        return json.loads(self.files.get("manifest.json", b"{}"))
+        data = self.files.get("manifest.json")
+        return {} if data is None else manifest_schema.parse(data, str(self.path))
 
     def text(self, name: str) -> str:
         return self.files.get(name, b"").decode("utf-8", "replace")
 
+    def member(self, name: str) -> bytes:
+        """A file the update's own contents names (its livepatch module)."""
+        if name not in self.files:
+            raise InputError(f"{self.path} is damaged: its contents name {name}, which it "
+                             "does not hold", hint="build the update again")
+        return self.files[name]
 
-def read_tarball(path: Path) -> Tarball:
+
+class _Bounded(io.RawIOBase):
+    """The decompressed stream, refusing to give more than MAX_TOTAL_BYTES."""
+
+    def __init__(self, stream: io.BufferedIOBase, path: Path) -> None:
+        self.stream, self.path, self.total = stream, path, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        data = self.stream.read(len(buffer))
+        self.total += len(data)
+        if self.total > MAX_TOTAL_BYTES:
+            raise InputError(f"{self.path} unpacks to more than {MAX_TOTAL_BYTES >> 20} MiB: "
+                             "no update is that large", hint="is it a ksplice update?")
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def read_tarball(path: Path, wanted: tuple[str, ...] | None = None) -> Tarball:
+    """The update at `path`, streamed: only the files in `wanted` (every regular file when
+    None) are kept, each at most MAX_MEMBER_BYTES, with at most MAX_MEMBERS members and
+    MAX_TOTAL_BYTES unpacked. Nothing is extracted to disk."""
+    files: dict[str, bytes] = {}
+    top = None
+    if wanted is not None:
+        wanted = (*wanted, "contents")  # what makes it an update
     try:
-        with tarfile.open(path, "r:gz") as tar:
-            members = [m for m in tar.getmembers() if m.isfile()]
-            tops = {m.name.split("/", 1)[0] for m in tar.getmembers()}
-            if len(tops) != 1 or not next(iter(tops)).startswith("ksplice-"):
-                raise InputError(f"{path} is not a ksplice update (expected one top directory "
-                                 "ksplice-<ID>/)")
-            top = tops.pop()
-            files = {}
-            for m in members:
-                f = tar.extractfile(m)
-                if f is not None and "/" in m.name:
-                    files[m.name.split("/", 1)[1]] = f.read()
-    except (OSError, tarfile.TarError, EOFError) as e:
+        with _open_regular(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz, \
+                tarfile.open(fileobj=io.BufferedReader(_Bounded(gz, path)), mode="r|") as tar:
+            for count, member in enumerate(tar, 1):
+                if count > MAX_MEMBERS:
+                    raise InputError(f"{path} holds more than {MAX_MEMBERS} files: no update "
+                                     "does", hint="is it a ksplice update?")
+                first, _, rest = member.name.partition("/")
+                if top is None:
+                    top = first
+                if first != top or not top.startswith("ksplice-"):
+                    raise InputError(f"{path} is not a ksplice update (expected one top "
+                                     "directory ksplice-<ID>/)")
+                if not member.isfile() or not rest or (wanted and rest not in wanted):
+                    continue
+                if member.size > MAX_MEMBER_BYTES:
+                    raise InputError(f"{path}: {member.name} is {member.size >> 20} MiB, more "
+                                     "than an update's file can be",
+                                     hint="is it a ksplice update?")
+                f = tar.extractfile(member)
+                if f is not None:
+                    files[rest] = f.read()
+    except (OSError, tarfile.TarError, EOFError, zlib.error) as e:
         raise InputError(f"cannot read update {path}: {e}") from None
-    if "contents" not in files:
+    if top is None or "contents" not in files:
         raise InputError(f"{path} is not a ksplice update (no contents file)")
     return Tarball(path, top.removeprefix("ksplice-"), files)
+
+
+def _open_regular(path: Path) -> io.BufferedReader:
+    """`path` opened for reading if it is a regular file: a FIFO would hang the read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise InputError(f"cannot read update {path}: {e.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InputError(f"{path} is not a regular file", hint="give the update's tarball")
+    return os.fdopen(fd, "rb")

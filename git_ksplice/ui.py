@@ -7,6 +7,7 @@ Human output goes to stderr through rich, plain when stderr is not a terminal; m
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
 
@@ -20,6 +21,30 @@ def count(n: int, noun: str, plural: str | None = None) -> str:
     """`1 object`, `2 objects`, `0 objects`: every count the tool prints goes through here,
     so none reads "1 objects". `plural` for nouns that do not just take an s."""
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+#: Characters an update's text must not send to a terminal raw: C0 controls but tab, newline
+#: and form feed (kernel sources have all three), DEL, C1 controls (U+009B is a CSI: escape
+#: sequences without ESC), and the bidirectional overrides that make code read other than it
+#: compiles ("Trojan Source"). A carriage return is escaped on a terminal only, where it can
+#: overwrite what was printed; in a pipe it is kept, so a CRLF file's patch still applies.
+_UNSAFE = "\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+_UNSAFE_PIPE = re.compile(f"[{_UNSAFE}]")
+_UNSAFE_TERMINAL = re.compile(f"[{_UNSAFE}\r]")
+
+
+def printable(text: str, terminal: bool | None = None) -> str:
+    """`text` from an update (a description, a patch) with what could drive the terminal
+    escaped as \\xNN or \\uNNNN. `terminal`: whether stdout is one (default: ask)."""
+    if terminal is None:
+        terminal = sys.stdout.isatty()
+    pattern = _UNSAFE_TERMINAL if terminal else _UNSAFE_PIPE
+    return pattern.sub(_escape, text)
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
 
 
 def print_json(document: dict[str, Any]) -> None:

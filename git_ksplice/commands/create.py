@@ -34,6 +34,7 @@ from git_ksplice.build import (
     OrigConfig,
     PatchedBuild,
     is_linux_tree,
+    shell_words,
     target_map,
 )
 from git_ksplice.elf.diff import DiffResult, Options, diff_objects
@@ -184,12 +185,10 @@ def find_orig_config(repo: Repo, opts: CreateOptions) -> OrigConfig:
 
 
 def _make_args(repo: Repo, orig: OrigConfig) -> list[str]:
-    import shlex
-
     args = list(orig.flags)
     configured = repo.config("ksplice.makeArgs")
     if configured:
-        args += shlex.split(configured)
+        args += shell_words(configured, "ksplice.makeArgs")
     return args
 
 
@@ -197,11 +196,9 @@ def _make_targets(repo: Repo, pre: str) -> tuple[list[str], list[str] | None]:
     """(pristine build targets, patched build targets). For Linux the pristine build makes
     vmlinux and modules (no bzImage: these builds are never booted; the module build needs
     Module.symvers), the patched one only compiles (`KBUILD_MODULES=1 .`)."""
-    import shlex
-
     configured = repo.config("ksplice.makeTargets")
     if configured is not None:
-        return shlex.split(configured), None
+        return shell_words(configured, "ksplice.makeTargets"), None
     if repo.read_blob(pre, "scripts/Makefile.modpost") is not None:
         return ["vmlinux", "modules"], ["KBUILD_MODULES=1", "."]
     return [], None

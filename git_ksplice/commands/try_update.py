@@ -103,8 +103,11 @@ def _livepatch(path: str) -> tuple[str, str, bytes]:
         raise InputError(f"{path} has no livepatch module (no 'livepatch' line in its "
                          "contents)", hint="it was built for a tree that is not a Linux "
                                            "kernel, or by an older git-ksplice")
+    if len(lines[0]) < 3:
+        raise InputError(f"{path} is damaged: its contents line {' '.join(lines[0])!r} names "
+                         "no module file", hint="build the update again")
     _, modname, kofile = lines[0][:3]
-    return update.id, modname, update.files[kofile]
+    return update.id, modname, update.member(kofile)
 
 
 def _module(path: str) -> tuple[str, bytes]:

@@ -7,7 +7,6 @@ history, and `git push/fetch 'refs/ksplice/*'` shares it.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -15,14 +14,17 @@ from typing import Any
 
 import pygit2
 
+from git_ksplice import manifest as manifest_schema
 from git_ksplice import ui
 from git_ksplice.errors import EXIT_OK, InputError
 from git_ksplice.package import UPDATE_ID, read_tarball
 from git_ksplice.repo import REF_SERIES, REF_UPDATES, Repo
 
 
-def _ledger(repo: Repo) -> list[tuple[str, dict[str, Any], str, str]]:
-    """(entry commit, manifest, description, patch), oldest first."""
+def _ledger(repo: Repo) -> list[tuple[str, dict[str, Any] | str, str, str]]:
+    """(entry commit, manifest, description, patch), oldest first. A damaged entry (its
+    manifest not one: the ledger arrives with `git fetch` from anyone) has, in place of the
+    manifest, what is wrong with it: listing the others must not depend on it."""
     tip = repo.ref(REF_SERIES)
     out = []
     pg = repo.pygit
@@ -37,10 +39,12 @@ def _ledger(repo: Repo) -> list[tuple[str, dict[str, Any], str, str]]:
             except KeyError:
                 return ""
 
+        manifest: dict[str, Any] | str
         try:
-            manifest = json.loads(blob("manifest.json") or "{}")
-        except ValueError:
-            manifest = {}
+            manifest = manifest_schema.parse(blob("manifest.json").encode() or b"{}",
+                                             f"ledger entry {str(commit.id)[:12]}")
+        except InputError as e:
+            manifest = e.message
         out.append((str(commit.id), manifest, blob("description"), blob("patch")))
         oid = str(commit.parent_ids[0]) if commit.parent_ids else None
     out.reverse()
@@ -71,7 +75,8 @@ def _tarball_or_id(tarball: str) -> str | None:
     except InputError:
         repo = None  # outside a repository there are no ids to look up
     if repo is not None and (repo.refs(REF_UPDATES + tarball)
-                             or any(e[1].get("id") == tarball for e in _ledger(repo))):
+                             or any(isinstance(e[1], dict) and e[1].get("id") == tarball
+                                    for e in _ledger(repo))):
         return tarball
     raise InputError(f"cannot read update {tarball}: there is no such file"
                      + (", nor an update with that id here" if repo is not None else ""),
@@ -87,20 +92,25 @@ def run(tarball: str | None, update_id: str | None, as_json: bool) -> int:
         if update_id is not None:
             tarball = None
     if tarball is not None:
-        t = read_tarball(Path(tarball))
+        t = read_tarball(Path(tarball), wanted=("manifest.json", "description", "patch"))
         manifest, description, patch = t.manifest, t.text("description"), t.text("patch")
         contents = t.text("contents")
         uid = t.id
     else:
         repo = Repo.discover()
-        entries = [e for e in _ledger(repo) if e[1].get("id") == update_id]
+        ledger = _ledger(repo)
+        entries = [e for e in ledger if isinstance(e[1], dict) and e[1].get("id") == update_id]
         if not entries:
             known = repo.refs(REF_UPDATES + update_id)
+            damaged = [e[1] for e in ledger if isinstance(e[1], str)]
             raise InputError(f"no update {update_id} in the series ledger"
                              + (" (its ref exists but its ledger entry is missing)"
-                                if known else ""),
+                                if known else "")
+                             + (f"; {len(damaged)} damaged entries were skipped: {damaged[0]}"
+                                if damaged else ""),
                              hint="git ksplice series lists the updates built here")
         _, manifest, description, patch = entries[-1]
+        assert isinstance(manifest, dict)
         lines = [f"target {t}" for t in sorted(manifest.get("targets", {}))]
         module = manifest.get("livepatch", {}).get("module")
         if module:
@@ -115,15 +125,16 @@ def run(tarball: str | None, update_id: str | None, as_json: bool) -> int:
                        "functions": functions, "contents": contents.splitlines(),
                        "patch": patch})
         return EXIT_OK
-    # Plain writes, not rich: the patch must come out verbatim (tabs and all) to apply.
+    # Plain writes, not rich: the patch must come out verbatim (tabs and all) to apply. All
+    # of it is the update's text, from anywhere: escaped where it could drive the terminal.
     lines = [f"Update {uid}: {description.splitlines()[0] if description else ''}",
              f"pre {manifest.get('pre', '?')}  post {manifest.get('post', '?')}"]
     lines += [f"  {line}" for line in contents.splitlines()]
     lines += [f"  {f['status']:8} {f['target']}: {f['function']} ({f['object']})"
               for f in functions]
-    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.write(ui.printable("\n".join(lines) + "\n"))
     if patch:
-        sys.stdout.write("\n" + patch.rstrip("\n") + "\n")
+        sys.stdout.write(ui.printable("\n" + patch.rstrip("\n") + "\n"))
     return EXIT_OK
 
 
@@ -132,6 +143,12 @@ def run_series(as_json: bool) -> int:
     entries = _ledger(repo)
     rows = []
     for commit, manifest, description, _ in entries:
+        if isinstance(manifest, str):
+            ui.console.print(f"warning: {manifest}", markup=False, highlight=False)
+            rows.append({"id": None, "entry": commit, "description": "", "pre": None,
+                         "post": None, "targets": [], "timestamp": None, "stacked": None,
+                         "damaged": manifest})
+            continue
         rows.append({"id": manifest.get("id"), "entry": commit,
                      "description": description.splitlines()[0] if description else "",
                      "pre": manifest.get("pre"), "post": manifest.get("post"),
@@ -151,7 +168,10 @@ def run_series(as_json: bool) -> int:
         when = (time.strftime("%Y-%m-%d %H:%M", time.gmtime(int(r["timestamp"])))
                 if str(r.get("timestamp") or "").isdigit() else "-")
         stacked = {True: "s", False: "-"}.get(r["stacked"], "?")
-        sys.stdout.write(f"{r['id']!s:<{width}}  {when:<16}  {str(r['post'])[:12]:<12}  "
-                         f"{stacked}  {','.join(r['targets'])}  {r['description']}\n")
+        if r.get("damaged"):
+            r["description"] = f"(damaged ledger entry {r['entry'][:12]})"
+        sys.stdout.write(ui.printable(
+            f"{r['id'] or '?'!s:<{width}}  {when:<16}  {str(r['post'] or '-')[:12]:<12}  "
+            f"{stacked}  {','.join(r['targets'])}  {r['description']}\n"))
     sys.stdout.write("(S: s = stacked with --series, each on the previous one)\n")
     return EXIT_OK

@@ -229,3 +229,28 @@ def test_tarball_holds_nothing_from_outside(warm_kernel: Kernel, tmp_path: Path)
             f = tar.extractfile(member)
             assert f is None or b"leaked_secret" not in f.read(), member.name
     assert_secret_nowhere(k)
+
+
+# -- settings and ids ----------------------------------------------------------------------
+
+
+def test_an_id_is_matched_whole(kernel: Kernel) -> None:
+    r = kernel.create("--id", "abc\n", expect=1)
+    assert "an update id is 1 to 32 characters" in r.stderr, r.stderr
+    assert_nothing_recorded(kernel)
+
+
+@pytest.mark.parametrize("where", ["flags", "ksplice.makeArgs", "ksplice.makeTargets"])
+def test_an_unbalanced_quote_in_a_setting_is_named(kernel: Kernel, where: str) -> None:
+    k = kernel
+    k.git("update-ref", "refs/ksplice/pre", "HEAD")
+    k.commit("proc: say more", {"fs/proc.c": ("uptime: up\\n", "uptime: up and on\\n")})
+    if where == "flags":
+        (k.path / "ksplice" / "flags").write_text('CC="ccache gcc\n')
+        name = "ORIG_CONFIG's flags"
+    else:
+        k.git("config", where, 'CC="ccache gcc')
+        name = where
+    r = k.create("HEAD", expect=1)
+    assert f"cannot read {name}" in r.stderr and "No closing quotation" in r.stderr, r.stderr
+    assert set(k.ksplice_refs()) == {"refs/ksplice/pre"}
