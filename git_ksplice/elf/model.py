@@ -14,6 +14,8 @@ kernel object, and the diff of a 400 KB object must take well under one.
 from __future__ import annotations
 
 import bisect
+import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,17 +226,51 @@ _RELA = struct.Struct("<QQq")
 def read_object(path: str | Path) -> ElfObject:
     """Read an x86_64 ELF64 relocatable object, or raise InputError saying what is wrong."""
     path = str(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise InputError(f"cannot read {path}: {e.strerror}") from None
+    raw = _read_regular(path)
     if raw[:4] != b"\x7fELF":
         raise InputError(f"{path} is not an ELF object (no ELF magic)")
     try:
         return _parse(path, raw)
     except (ELFError, struct.error, IndexError, ValueError) as e:
         raise InputError(f"{path} is a malformed ELF object: {e}") from None
+
+
+#: No kernel object is near this large (the largest of Linux 6.1's are a few tens of MB).
+MAX_OBJECT_BYTES = 1 << 30
+#: Nor is any .bss this large, nor an alignment (pages are 4 KiB, huge pages 2 MiB): a
+#: header claiming more is damaged, and would make the differ allocate what it claims.
+MAX_NOBITS_BYTES = 256 << 20
+MAX_ALIGN = 1 << 24
+
+
+def _read_regular(path: str) -> bytes:
+    """The file's bytes if it is a regular file of at most MAX_OBJECT_BYTES: a FIFO would
+    hang the read and /dev/zero would fill memory. O_NONBLOCK: opening a FIFO returns."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_OBJECT_BYTES:
+        os.close(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{path} is not a regular file",
+                             hint="give the .o files kbuild compiled")
+        raise InputError(f"{path} is {st.st_size >> 20} MiB: no object file is that large")
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        try:
+            return f.read(st.st_size)
+        except OSError as e:
+            raise InputError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _check_section_header(name: str, type_: int, h) -> None:  # type: ignore[no-untyped-def]
+    align = h["sh_addralign"]
+    if align > MAX_ALIGN or align & (align - 1):
+        raise ValueError(f"section {name} has alignment {align:#x}, which is no power of two "
+                         "up to 16 MiB")
+    if type_ == SHT_NOBITS and h["sh_size"] > MAX_NOBITS_BYTES:
+        raise ValueError(f"section {name} claims {h['sh_size']:#x} bytes of .bss")
 
 
 def _parse(path: str, raw: bytes) -> ElfObject:
@@ -291,6 +327,7 @@ def _parse(path: str, raw: bytes) -> ElfObject:
             continue
         if t == SHT_STRTAB and i in skip_strtabs:
             continue
+        _check_section_header(names[i], t, h)
         sec = Section(
             name=names[i],
             type=t,
@@ -328,6 +365,9 @@ def _parse(path: str, raw: bytes) -> ElfObject:
             if sec is None:
                 raise ValueError(f"symbol {name!r} refers to section {shndx} which has no data")
             sym.section = sec
+            if typ in (STT_FUNC, STT_OBJECT) and st_value + st_size > sec.size:
+                raise ValueError(f"symbol {name!r} ({st_value:#x}+{st_size:#x}) runs past "
+                                 f"the end of {sec.name} ({sec.size:#x} bytes)")
         if typ == STT_FILE:
             current_file = name
         if bind == STB_LOCAL:
@@ -355,6 +395,10 @@ def _parse(path: str, raw: bytes) -> ElfObject:
             objname = names[i][len(".klp.rela."):].split(".", 1)[0]
             relocs = target.klp_relocs.setdefault(objname, [])
         for off, info, addend in _RELA.iter_unpack(content(h)):
+            if target.type != SHT_NOBITS and off + RELOC_SIZES.get(info & 0xFFFFFFFF, 1) > \
+                    target.size:
+                raise ValueError(f"{names[i]} relocates offset {off:#x}, past the end of "
+                                 f"{target.name} ({target.size:#x} bytes)")
             relocs.append(Reloc(off, info & 0xFFFFFFFF, symbols[info >> 32], addend))
         if relocs is target.relocs:
             target.rela_flags = h["sh_flags"]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from git_ksplice.elf.model import (
     PC_RELATIVE,
     RELOC_SIZES,
+    SHF_STRINGS,
     SHT_GROUP,
     SHT_NOBITS,
     STT_FUNC,
@@ -34,6 +35,7 @@ from git_ksplice.elf.model import (
 )
 from git_ksplice.elf.sections import Kind, classify
 from git_ksplice.elf.x86 import FunctionCode
+from git_ksplice.errors import InputError
 
 FENTRY_NAMES = frozenset({"__fentry__", "mcount", "__mcount"})
 
@@ -233,6 +235,10 @@ class ObjectIndex:
             return Target(sym, sec, reloc.addend, reloc.addend)
         assert sec is not None
         pos = reloc.addend + self.instruction_end_delta(reloc, owner)
+        if sec.flags & SHF_STRINGS and not 0 <= pos < sec.size:
+            # A string is in its section, always: the object is damaged.
+            raise InputError(f"a relocation at {reloc.offset:#x} points {pos:#x} bytes into "
+                             f"{sec.name}, which holds {sec.size}: the object is malformed")
         inner = sec.symbol_at(pos)
         if inner is None and pos == sec.size and sec.symbols:
             inner = max(sec.symbols, key=lambda s: s.value + s.size)  # one past the end
