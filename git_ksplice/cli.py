@@ -354,7 +354,22 @@ def _main(command: click.Command, prog_name: str, argv: list[str] | None) -> int
         return e.code if isinstance(e.code, int) else EXIT_ERROR
     except BrokenPipeError:
         return EXIT_ERROR
-    except Exception:  # a bug: say so, and keep the evidence
+    except OSError as e:
+        # The machine said no (a full disk, a read-only file system, a permission): a
+        # message, not a traceback. The refs move last, in one transaction, so what a run
+        # left is repaired by the next.
+        where = f" ({e.filename})" if e.filename else ""
+        ui.error(f"{e.strerror or e}{where}",
+                 hint="fix that and run the command again; an interrupted create is "
+                      "repaired by the next one")
+        return EXIT_ERROR
+    except Exception as e:  # a bug: say so, and keep the evidence
+        if type(e).__module__.startswith(("pygit2", "_pygit2")):
+            # libgit2 refusing to write (a full disk, a read-only .git) is the machine's
+            # answer, not a bug of ours.
+            ui.error(f"git: {e}", hint="fix that and run the command again; an interrupted "
+                                       "create is repaired by the next one")
+            return EXIT_ERROR
         import traceback
 
         ui.error("internal error in git-ksplice (this is a bug; please report it with the "

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from git_ksplice import manifest as manifest_schema
-from git_ksplice.errors import InputError
+from git_ksplice.errors import InputError, KspliceError
 
 API_VERSION = "1"
 MANIFEST_FORMAT = 1
@@ -86,10 +86,19 @@ def write_tarball(update: Update, out_dir: Path, when: int) -> Path:
                 info.mode = 0o644
                 tar.addfile(info, io.BytesIO(data))
     tmp = dest.with_name(f".{dest.name}.tmp")
-    with open(tmp, "wb") as f, gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0,
-                                            compresslevel=9) as gz:
-        gz.write(raw.getvalue())
-    os.replace(tmp, dest)
+    try:
+        with open(tmp, "wb") as f, gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0,
+                                                compresslevel=9) as gz:
+            gz.write(raw.getvalue())
+            gz.close()
+            f.flush()
+            os.fsync(f.fileno())  # a full disk says so here, not later on close
+        os.replace(tmp, dest)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)  # nothing half-written is left behind
+        raise KspliceError(f"cannot write {dest}: {e.strerror}",
+                           hint="free some space there (or give another -o DIR) and run the "
+                                "same command again: nothing was recorded") from None
     return dest
 
 

@@ -242,6 +242,7 @@ def _run(opts: CreateOptions) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"output directory {out_dir} is a file",
                          hint="give -o a directory (it is created if missing)")
+    _check_writable(out_dir)
     timestamp()  # a bad SOURCE_DATE_EPOCH is reported now, not after the build
     phases = ui.Phases(verbose=opts.verbose, quiet=opts.as_json and not opts.verbose)
 
@@ -318,6 +319,19 @@ def _run(opts: CreateOptions) -> int:
             raise
         finally:
             phases.stop()
+
+
+def _check_writable(out_dir: Path) -> None:
+    """The tarball's directory (or the one it will be made in) must be writable: found now,
+    not after a kernel build. access() also says no for a read-only file system."""
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = ("is on a read-only file system" if os.statvfs(existing).f_flag & os.ST_RDONLY
+               else "is not writable")
+        raise InputError(f"cannot write the tarball to {out_dir}: {existing} {why}",
+                         hint="give -o a directory you can write to (or ksplice.outputDir)")
 
 
 def _output_dir(repo: Repo, opts: CreateOptions) -> Path:

@@ -88,7 +88,7 @@ def _mutations(data: bytes, seed: int) -> Iterator[tuple[str, bytes]]:
     # Section headers: sh_offset, sh_size, sh_link, sh_info, sh_entsize set to extremes.
     (shoff,) = struct.unpack_from("<Q", data, 40)
     (shnum,) = struct.unpack_from("<H", data, 60)
-    for i in range(15):
+    for _ in range(15):
         sec = rng.randrange(1, shnum)
         field, fmt = rng.choice(((24, "<Q"), (32, "<Q"), (40, "<I"), (44, "<I"), (56, "<Q")))
         b = bytearray(data)
