@@ -211,6 +211,7 @@ class BuildTree:
         else left. Returns True when make ran."""
         self.orig = orig
         say = on_repair or (lambda _msg: None)
+        self.claim(say)
         started = time.monotonic()
         self.timings = {}
         st = self.state()
@@ -262,6 +263,58 @@ class BuildTree:
         with open(log, "a") as f:
             f.write("# git-ksplice: " + self.describe_timings() + "\n")
         return True
+
+    # -- whose tree ----------------------------------------------------------------------
+
+    @property
+    def owner_file(self) -> Path:
+        return self.root / "owner"
+
+    def claim(self, say) -> None:  # type: ignore[no-untyped-def]
+        """The build directory belongs to one repository: the lock is per repository, so a
+        second one sharing ksplice.buildDir would remove the first one's worktree and cache,
+        and stop its make. It is refused, naming the owner; a directory whose owner is gone
+        is taken over. The owner file is created exclusively, so two first runs cannot both
+        claim it."""
+        ours = str(self.repo.common_dir.resolve())
+        owner = self._owner()
+        if owner is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(self.owner_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+            else:
+                with os.fdopen(fd, "w") as f:
+                    f.write(ours + "\n")
+                return
+        if owner == ours:
+            return
+        if (Path(owner) / "HEAD").exists():
+            raise InputError(f"the build directory {self.root} belongs to the repository "
+                             f"{owner}, not to this one ({ours})",
+                             hint="give each repository its own: git config ksplice.buildDir "
+                                  "DIR (a build directory holds one kernel tree, and a run "
+                                  "would remove the other repository's)")
+        say(f"the build directory {self.root} belonged to {owner}, which is gone: taking it "
+            "over")
+        tmp = self.owner_file.with_suffix(".tmp")
+        tmp.write_text(ours + "\n")
+        os.replace(tmp, self.owner_file)
+
+    def _owner(self) -> str | None:
+        """The common git dir the build directory belongs to: its owner file, or for one made
+        before owner files, the repository its worktree's .git file points into."""
+        try:
+            return self.owner_file.read_text().strip() or None
+        except FileNotFoundError:
+            pass
+        try:
+            gitdir = (self.path / ".git").read_text().removeprefix("gitdir:").strip()
+        except OSError:
+            return None
+        # <common dir>/worktrees/<name>
+        return str(Path(gitdir).resolve().parent.parent)
 
     def describe_timings(self) -> str:
         """Where the last pristine build's time went: `checkout 7.1s, make 190.2s, ...`."""

@@ -7,6 +7,7 @@ git would. Nothing from outside the repository may reach a ref or a tarball.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -254,3 +255,30 @@ def test_an_unbalanced_quote_in_a_setting_is_named(kernel: Kernel, where: str) -
     r = k.create("HEAD", expect=1)
     assert f"cannot read {name}" in r.stderr and "No closing quotation" in r.stderr, r.stderr
     assert set(k.ksplice_refs()) == {"refs/ksplice/pre"}
+
+
+# -- a build directory shared by two repositories ------------------------------------------
+
+
+def test_a_shared_build_directory_belongs_to_its_first_repository(new_kernel,
+                                                                  tmp_path: Path) -> None:
+    """Two repositories given the same ksplice.buildDir: the second is refused, naming the
+    owner, and the first one's tree, cache and later runs are untouched."""
+    a, b = new_kernel("a"), new_kernel("b")
+    shared = tmp_path / "shared-builds"
+    for k in (a, b):
+        k.git("config", "ksplice.buildDir", str(shared))
+    a.prebuild()
+    tree_head = a.git("rev-parse", "HEAD", cwd=shared / "tree")
+    r = b.create("--prebuild", expect=1)
+    owner = str((a.path / ".git").resolve())
+    assert f"the build directory {shared} belongs to the repository {owner}" in r.stderr, \
+        r.stderr
+    assert "git config ksplice.buildDir DIR" in r.stderr
+    assert a.git("rev-parse", "HEAD", cwd=shared / "tree") == tree_head
+    a.commit("proc: say more", {"fs/proc.c": ("uptime: up\\n", "uptime: up and on\\n")})
+    a.create("--id", "still_works")
+    # Its owner gone, the directory is taken over, with a note.
+    shutil.rmtree(a.path)
+    r = b.create("--prebuild")
+    assert f"belonged to {owner}, which is gone: taking it over" in r.stderr, r.stderr
