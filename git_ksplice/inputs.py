@@ -23,6 +23,7 @@ import re
 import stat
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,9 @@ class Change:
     #: Files the change adds to pre, and what to tell the user about the input.
     added: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: For a temporary commit: writes its objects again (the same commit: its identity and
+    #: date are fixed). Until a ref holds it, a `git gc --prune=now` may delete it.
+    rewrite: Callable[[], str] | None = None
 
 
 def from_commit(repo: Repo, rev: str, pre: str, *, new_pre: bool = False) -> Change:
@@ -350,7 +354,12 @@ def _temporary(repo: Repo, pre: str, files: dict[str, Entry], mode: str,
     if tree == str(repo.pygit[pre].tree_id):
         raise NoChangeError(f"{summary} changes nothing in refs/ksplice/pre: "
                             "No changes detected.")
-    post = repo.tool_commit(tree, pre, f"git-ksplice: {summary}\n")
+
+    def write() -> str:
+        return repo.tool_commit(repo.tree_with_files(pre, files), pre,
+                                f"git-ksplice: {summary}\n")
+
+    post = write()
     if not patch_text:
         patch_text = repo.diff_patch(pre, post)
-    return Change(post, mode, patch_text, summary, temporary=True)
+    return Change(post, mode, patch_text, summary, temporary=True, rewrite=write)

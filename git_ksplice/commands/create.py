@@ -43,6 +43,7 @@ from git_ksplice.elf.writer import serialize
 from git_ksplice.errors import (
     EXIT_OK,
     BuildError,
+    ConcurrencyError,
     InputError,
     KspliceError,
     NoChangeError,
@@ -308,7 +309,7 @@ def _run(opts: CreateOptions) -> int:
         tmp_ref = None
         if change.temporary:
             tmp_ref = REF_TMP + update_id
-            repo.update_ref(tmp_ref, change.post, None, f"ksplice create: building {update_id}")
+            _hold(repo, change, tmp_ref, update_id)
         checkpoint("post-created")
         try:
             return _build_and_package(repo, opts, update_id, orig, tree, settings, pre,
@@ -319,6 +320,24 @@ def _run(opts: CreateOptions) -> int:
             raise
         finally:
             phases.stop()
+
+
+def _hold(repo: Repo, change: inputs.Change, ref: str, update_id: str) -> None:
+    """Point `ref` at the temporary post commit. It was written before the pristine build and
+    nothing held it since: a concurrent `git gc --prune=now` may have deleted it, so its
+    objects are written again (the same commit) before the ref, and once more after it, when
+    they are reachable and safe (gc could still have struck between the two)."""
+    assert change.rewrite is not None
+    for attempt in range(3):
+        if change.rewrite() != change.post:
+            raise AssertionError("a temporary commit came out different the second time")
+        try:
+            repo.update_ref(ref, change.post, None, f"ksplice create: building {update_id}")
+            break
+        except ConcurrencyError:
+            if attempt == 2 or repo.ref(ref) is not None:
+                raise
+    change.rewrite()
 
 
 def _check_writable(out_dir: Path) -> None:

@@ -80,3 +80,20 @@ def test_two_creates_at_once(wait: bool, warm_kernel: Kernel, fake_make,
     assert "refs/ksplice/updates/first" in k.ksplice_refs()
     k.assert_tree_clean()
     k.assert_no_tmp_refs()
+
+
+def test_a_concurrent_gc_prune_cannot_take_the_temporary_commit(kernel: Kernel, tmp_path: Path,
+                                                                 fake_make) -> None:
+    """`git gc --prune=now` run while the pristine tree builds (a make wrapper runs it first,
+    every time) deletes whatever no ref holds: the --patch run's temporary commit, written
+    before the build, must survive it."""
+    k = kernel
+    k.edit("fs/proc.c", "uptime: up\\n", "uptime: up and on\\n")
+    patch = tmp_path / "fix.patch"
+    patch.write_text(k.git("diff"))
+    k.git("checkout", "--", "fs/proc.c")
+    gc = fake_make("gc", f"git -C {k.path} gc --prune=now --quiet >/dev/null 2>&1")
+    k.create(f"--patch={patch}", "--id", "pruned", env=with_path_first(gc))
+    post = k.rev("refs/ksplice/updates/pruned")
+    assert k.git("cat-file", "-t", post).strip() == "commit"
+    k.assert_no_tmp_refs()
