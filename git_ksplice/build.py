@@ -56,6 +56,60 @@ def shell_words(text: str, where: str) -> list[str]:
                          hint="quote the words as a shell would (CC=\"ccache gcc\")") from None
 
 
+#: What marks a .config as another architecture's (git-ksplice builds x86_64 kernels).
+_OTHER_ARCHES = {"CONFIG_X86_32": "32-bit x86", "CONFIG_ARM64": "arm64", "CONFIG_ARM": "arm",
+                 "CONFIG_RISCV": "riscv", "CONFIG_PPC": "powerpc", "CONFIG_S390": "s390",
+                 "CONFIG_MIPS": "mips", "CONFIG_LOONGARCH": "loongarch"}
+_CONFIG_LINE = re.compile(r"CONFIG_[A-Za-z0-9_]+=.*")
+_MAP_LINE = re.compile(r"[0-9a-fA-F]+ [A-Za-z?-] \S+(\s+\[\S+\])?")
+
+
+def _check_dot_config(path: Path) -> None:
+    """A kernel configuration, of x86_64: an empty or foreign .config would build a kernel
+    with every option off (or the wrong one), and every object would differ."""
+    lines = _text_lines(path, "ORIG_CONFIG's .config")
+    settings = 0
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        if not _CONFIG_LINE.fullmatch(line):
+            raise InputError(f"{path} is not a kernel configuration: line {n} is {line[:60]!r}",
+                             hint="copy the running kernel's .config (from /boot/config-"
+                                  "RELEASE or its headers package) there")
+        settings += 1
+        name = line.split("=", 1)[0]
+        if name in _OTHER_ARCHES and line.endswith("=y"):
+            raise InputError(f"{path} is for {_OTHER_ARCHES[name]} ({line}); git-ksplice "
+                             "builds x86_64 kernels")
+    if not settings:
+        raise InputError(f"{path} holds no kernel configuration (no CONFIG_ lines)",
+                         hint="copy the running kernel's .config there")
+
+
+def _check_system_map(path: Path) -> None:
+    """Lines of `ADDRESS TYPE NAME`, as `nm -n vmlinux` writes them (with a module's name in
+    brackets in /proc/kallsyms copies). Whether its symbols agree with ORIG_CONFIG's
+    vmlinux is checked where both are read (livepatch/symbols.py)."""
+    lines = _text_lines(path, "ORIG_CONFIG's System.map")
+    entries = 0
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if not _MAP_LINE.fullmatch(line.strip()):
+            raise InputError(f"{path} is not a System.map: line {n} is {line[:60]!r}",
+                             hint="copy the running kernel's System.map (from /boot) there")
+        entries += 1
+    if not entries:
+        raise InputError(f"{path} is empty", hint="copy the running kernel's System.map there")
+
+
+def _text_lines(path: Path, what: str) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as e:
+        raise InputError(f"cannot read {what} ({path}): {e.strerror}") from None
+
+
 @dataclass
 class OrigConfig:
     """ORIG_CONFIG: what describes the running kernel."""
@@ -97,6 +151,8 @@ class OrigConfig:
         if not self.dot_config.is_file():
             raise InputError(f"no .config in ORIG_CONFIG directory {self.path}",
                              hint="copy the running kernel's .config there")
+        _check_dot_config(self.dot_config)
+        _check_system_map(self.system_map)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()

@@ -176,10 +176,38 @@ class ObjectSymbols:
 def vmlinux_symbols(orig_dir: Path, pristine_tree: Path) -> ObjectSymbols:
     vmlinux = orig_dir / "vmlinux"
     if vmlinux.exists():
-        return ObjectSymbols("vmlinux", read_symbols(vmlinux), None, by_address=True)
+        located = read_symbols(vmlinux)
+        _check_map_agrees(orig_dir / "System.map", vmlinux, located)
+        return ObjectSymbols("vmlinux", located, None, by_address=True)
     system_map = read_system_map(orig_dir / "System.map")
     return ObjectSymbols("vmlinux", read_symbols(pristine_tree / "vmlinux"), system_map,
                          by_address=True)
+
+
+def _check_map_agrees(system_map: Path, vmlinux: Path, located: list[KSym]) -> None:
+    """ORIG_CONFIG's System.map and vmlinux must be the same build's: System.map is `nm -n
+    vmlinux`, so a name that both have once is at the same address in both. A map of another
+    kernel (or a random file) would otherwise mislead the sympos of the first update that
+    uses it."""
+    def unique(pairs: list[tuple[str, int]]) -> dict[str, int | None]:
+        out: dict[str, int | None] = {}
+        for name, address in pairs:
+            out[name] = address if name not in out else None  # namesakes: not compared
+        return out
+
+    in_map = unique([(n, a) for a, n in read_system_map(system_map)])
+    in_vmlinux = unique([(s.name, s.value) for s in located])
+    common = [n for n in in_map if n in in_vmlinux]
+    if len(common) < len(in_map) // 2:
+        raise InputError(f"{system_map} does not belong to {vmlinux}: only {len(common)} of "
+                         f"its {len(in_map)} names are in the vmlinux's symbol table",
+                         hint="copy the System.map of the same build as the vmlinux")
+    for name in common:
+        a, b = in_map[name], in_vmlinux[name]
+        if a is not None and b is not None and a != b:
+            raise InputError(f"{system_map} does not belong to {vmlinux}: {name} is at "
+                             f"{a:#x} in one and {b:#x} in the other",
+                             hint="copy the System.map of the same build as the vmlinux")
 
 
 def module_symbols(name: str, ko: Path) -> ObjectSymbols:

@@ -12,8 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from git_ksplice.errors import RefusedError
-from git_ksplice.livepatch.symbols import ObjectSymbols, read_symbols, read_system_map
+from git_ksplice.errors import InputError, RefusedError
+from git_ksplice.livepatch.symbols import (
+    ObjectSymbols,
+    read_symbols,
+    read_system_map,
+    vmlinux_symbols,
+)
 
 SOURCES = {
     "one/core.c": "static int __attribute__((noinline)) show(int x) { return x + 1; }\n"
@@ -84,3 +89,28 @@ def test_missing_symbol_is_refused_by_name(image: Path) -> None:
     table = ObjectSymbols("vmlinux", read_symbols(image), None, by_address=True)
     with pytest.raises(RefusedError, match="symbol nowhere is not in vmlinux"):
         table.sympos("nowhere", local=True, file="core.c", neighbours=set())
+
+
+def _orig_config(tmp_path: Path, image: Path, system_map: str) -> Path:
+    orig = tmp_path / "orig"
+    orig.mkdir(parents=True)
+    (orig / "vmlinux").write_bytes(image.read_bytes())
+    (orig / "System.map").write_text(system_map)
+    return orig
+
+
+def test_system_map_must_belong_to_the_vmlinux(image: Path, tmp_path: Path) -> None:
+    """ORIG_CONFIG's System.map and vmlinux are one build's, or the update is refused before
+    any sympos is taken from them."""
+    nm = subprocess.run(["nm", "-n", str(image)], capture_output=True, text=True,
+                        check=True).stdout
+    vmlinux_symbols(_orig_config(tmp_path / "same", image, nm), tmp_path)
+
+    moved = "\n".join(f"{int(line.split()[0], 16) + 16:016x} {' '.join(line.split()[1:])}"
+                      if "unique_global" in line else line for line in nm.splitlines())
+    with pytest.raises(InputError, match="unique_global is at"):
+        vmlinux_symbols(_orig_config(tmp_path / "moved", image, moved + "\n"), tmp_path)
+
+    other = "".join(f"ffffffff8100{i:04x} T other_kernel_{i}\n" for i in range(50))
+    with pytest.raises(InputError, match="only 0 of its 50 names"):
+        vmlinux_symbols(_orig_config(tmp_path / "other", image, other), tmp_path)

@@ -282,3 +282,26 @@ def test_a_shared_build_directory_belongs_to_its_first_repository(new_kernel,
     shutil.rmtree(a.path)
     r = b.create("--prebuild")
     assert f"belonged to {owner}, which is gone: taking it over" in r.stderr, r.stderr
+
+
+# -- ORIG_CONFIG ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "text", "message"), [
+    (".config", "", "holds no kernel configuration (no CONFIG_ lines)"),
+    (".config", "# only comments\n", "holds no kernel configuration"),
+    (".config", "root:x:0:0:root:/root:/bin/bash\n", "is not a kernel configuration: line 1"),
+    (".config", "CONFIG_PROC=y\nCONFIG_ARM64=y\n", "is for arm64 (CONFIG_ARM64=y)"),
+    ("System.map", "", "System.map is empty"),
+    ("System.map", "hello world\n", "is not a System.map: line 1"),
+    ("System.map", "ffffffff81000000 T _text\nnot a symbol line at all\n",
+     "is not a System.map: line 2"),
+])
+def test_orig_config_files_are_checked(kernel: Kernel, name: str, text: str,
+                                       message: str) -> None:
+    """Checked before anything is built or recorded: an empty .config used to build a
+    kernel with every option off."""
+    (kernel.path / "ksplice" / name).write_text(text)
+    r = kernel.create("--prebuild", expect=1)
+    assert message in r.stderr, r.stderr
+    assert_nothing_recorded(kernel)
