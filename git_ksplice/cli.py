@@ -216,9 +216,9 @@ def hook_group() -> None:
 
 @hook_group.command("install")
 @click.option("-b", "--branch", "branches", multiple=True, metavar="BRANCH",
-              help="Watch this branch (repeatable; a local branch, REMOTE/BRANCH, or a full "
-                   "ref; default: ksplice.watch, or the current branch). Replaces "
-                   "ksplice.watch.")
+              help="Watch this branch (repeatable; a local branch, REMOTE/BRANCH, a full "
+                   "ref, or a pattern such as 'fix/*'; default: ksplice.watch, or the current "
+                   "branch). Replaces ksplice.watch.")
 @click.option("--series/--no-series", default=None, help="Stack the updates: each one builds "
               "on the previous (sets ksplice.hookSeries).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")

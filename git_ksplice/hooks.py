@@ -24,7 +24,9 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import secrets
+import signal
 import site
 import string
 import subprocess
@@ -33,6 +35,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 HOOK_NAME = "reference-transaction"
 BEGIN = ("# >>> git-ksplice: added by `git ksplice hook install`; "
@@ -119,15 +122,45 @@ def ref_patterns(values: list[str]) -> list[str]:
 
 def watched_refs(values: list[str], known: set[str]) -> list[str]:
     """`ksplice.watch` values as full ref names: `refs/...` as given, `REMOTE/BRANCH` when
-    such a remote-tracking ref exists, otherwise a local branch."""
+    such a remote-tracking ref exists, otherwise a local branch. A value with `*`, `?` or
+    `[` is a pattern, matched as `git for-each-ref` matches it (the hook's shell line lists
+    the same patterns): every existing local or remote-tracking branch it names."""
     out = []
     for v in values:
         cands = _candidates(v)
+        if is_pattern(v):
+            out += sorted(ref for ref in known if any(_glob(c).fullmatch(ref) for c in cands))
+            continue
         if len(cands) == 2:
             head, remote = cands
             cands = [remote if remote in known and head not in known else head]
         out += cands
     return list(dict.fromkeys(out))
+
+
+def is_pattern(value: str) -> bool:
+    return any(c in value for c in "*?[")
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    """A ref pattern as git's for-each-ref reads it (wildmatch with WM_PATHNAME): `*` and `?`
+    do not cross a `/`, `[...]` is a set of characters."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[" and "]" in pattern[i + 2:]:
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1:end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out))
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -431,6 +464,9 @@ def worker(common_dir: Path) -> int:
                         job.message = "interrupted; queued again"
                         queue.save(job)
             while True:
+                if not _repository_exists(queue.common_dir):
+                    _say(f"the repository {queue.common_dir} is gone: the worker stops")
+                    return 0
                 with queue.locked():
                     todo = [j for j in queue.jobs() if j.state == "queued"]
                     if not todo:
@@ -450,6 +486,54 @@ def worker(common_dir: Path) -> int:
         # would wait for the next commit: look once more now that the lock is free.
         if not any(j.state == "queued" for j in queue.jobs()):
             return 0
+
+
+def _repository_exists(common_dir: Path) -> bool:
+    return (common_dir / "HEAD").exists()
+
+
+def _run_while_repository_exists(cmd: list[str], cwd: str, env: dict[str, str], log: TextIO,
+                                 common_dir: Path) -> tuple[int | None, str]:
+    """(exit code, stdout) of `cmd`, or (None, "") when the repository was deleted while it
+    ran: then everything it started (create, its make, the compilers) is stopped, since
+    nothing it builds can be recorded anywhere."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=log, text=True)
+    chunks = []
+    while True:
+        try:
+            out, _ = proc.communicate(timeout=2)
+            chunks.append(out)
+            return proc.returncode, "".join(chunks)
+        except subprocess.TimeoutExpired:
+            if not _repository_exists(common_dir):
+                _say(f"the repository {common_dir} is gone: stopping its build")
+                _stop_tree(proc.pid)
+                proc.wait()
+                return None, ""
+
+
+def _stop_tree(root: int) -> None:
+    """SIGKILL `root` and every process descended from it: create starts its make in a
+    session of its own, so neither a process group nor a session holds them all. Found
+    first, killed after, so that none is re-parented away while the tree is walked."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))  # ppid
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def run_job(queue: Queue, job: Job) -> None:
@@ -488,13 +572,13 @@ def run_job(queue: Queue, job: Job) -> None:
             # Everything explicit: the user's settings for manual runs (ksplice.series,
             # ksplice.wait) are not the hook's.
             cmd += ["--series" if job.series else "--no-series", "--wait"]
-            r = subprocess.run(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=log, text=True)
-            code = r.returncode
-            log.write(r.stdout)
+            code, stdout = _run_while_repository_exists(cmd, cwd, env, log, queue.common_dir)
+            if code is None:
+                return  # the repository is gone, and its queue with it: nothing to record
+            log.write(stdout)
             doc: dict = {}
             with contextlib.suppress(ValueError):
-                doc = json.loads(r.stdout)
+                doc = json.loads(stdout)
             reason = (doc.get("message") or "") + (f"\nhint: {doc['hint']}"
                                                     if doc.get("hint") else "")
             if code == 0:

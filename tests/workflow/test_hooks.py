@@ -503,3 +503,55 @@ def test_cancel_takes_queued_jobs_off(warm_kernel: Kernel, fake_make, tmp_path: 
     k.ksplice("hook", "cancel", jobs[0]["id"], expect=1, check_state=())
     k.ksplice("hook", "retry", jobs[2]["id"], check_state=())
     assert [j["state"] for j in wait_idle(k)] == ["built", "cancelled", "built"]
+
+
+def test_a_branch_pattern_watches_every_branch_it_names(warm_kernel: Kernel) -> None:
+    """`--branch 'fix/*'` is a pattern, as git for-each-ref reads one (`*` stops at `/`): a
+    commit on a new fix/ branch is built, one on another branch is not."""
+    k = warm_kernel
+    k.ksplice("hook", "install", "--branch", "fix/*", check_state=())
+    git_cmd(k, "checkout", "-q", "-b", "fix/proc")
+    fix = k.commit("proc: say more", PROC_FIX)
+    git_cmd(k, "checkout", "-q", "-b", "other", "main")
+    k.commit("sys: longer name", SYS_FIX)
+    git_cmd(k, "checkout", "-q", "-b", "fix/deeper/sys", "main")
+    k.commit("sys: longer name", SYS_FIX)
+    jobs = wait_idle(k)
+    assert [(j["commit"], j["ref"], j["state"]) for j in jobs] == [
+        (fix, "refs/heads/fix/proc", "built")]
+    assert "refs/heads/fix/proc" in status(k)["watch"]
+
+
+def test_the_worker_stops_when_its_repository_is_deleted(warm_kernel: Kernel, fake_make,
+                                                         tmp_path: Path) -> None:
+    """A repository removed while its update builds: the worker stops the build it started
+    (create, its make and what make runs) and exits, instead of building for nobody."""
+    k = warm_kernel
+    k.ksplice("hook", "install", check_state=())
+    make_pid = tmp_path / "make.pid"
+    slow = fake_make("slow", f"echo $$ > {make_pid}; sleep 120")
+    env = dict(os.environ, PATH=f"{slow}{os.pathsep}{os.environ['PATH']}")
+    for rel, (old, new) in PROC_FIX.items():
+        k.edit(rel, old, new)
+    r = subprocess.run(["git", "commit", "-qam", "proc: say more"], cwd=k.path, env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, explain(r)
+    deadline = time.monotonic() + 60
+    while not make_pid.exists() or not make_pid.read_text().strip():
+        assert time.monotonic() < deadline, "the build never started"
+        time.sleep(0.05)
+    worker = status(k)["worker"]["pid"]
+    assert worker is not None
+    shutil.rmtree(k.path)
+
+    def alive(pid: int) -> bool:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+
+    deadline = time.monotonic() + 30
+    while alive(worker) or alive(int(make_pid.read_text())):
+        assert time.monotonic() < deadline, "the worker or its make outlived the repository"
+        time.sleep(0.2)
