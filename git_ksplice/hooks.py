@@ -217,11 +217,19 @@ class Queue:
         _write_atomic(self.jobs_dir / f"{job.seq:06d}.json",
                       json.dumps(asdict(job), indent=1, sort_keys=True) + "\n")
 
-    def tips(self) -> dict[str, str]:
+    def tips(self) -> dict[str, str] | None:
+        """Where the watched refs were when the hook last looked; None when the record is
+        damaged (a hand edit, a disk error): then nothing tells which commits are new."""
         try:
-            return json.loads(self.tips_file.read_text())
-        except (FileNotFoundError, ValueError):
+            tips = json.loads(self.tips_file.read_text())
+        except FileNotFoundError:
             return {}
+        except (OSError, ValueError):
+            return None
+        if not isinstance(tips, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in tips.items()):
+            return None
+        return tips
 
     def save_tips(self, tips: dict[str, str]) -> None:
         _write_atomic(self.tips_file, json.dumps(tips, indent=1, sort_keys=True) + "\n")
@@ -334,6 +342,14 @@ def enqueue(cwd: str, env: dict[str, str] | None = None,
         if not values:
             return []
         seen = queue.tips()
+        if seen is None:
+            # Taking every watched commit as new would queue again what was built: start
+            # again from where the refs are now, and say so.
+            queue.save_tips({r: tips_now[r] for r in refs if r in tips_now})
+            notes.append(f"the hook's record of the watched branches ({queue.tips_file}) "
+                         "was damaged: it starts again from where they are now, and this "
+                         "move was not built (git ksplice create COMMIT builds it)")
+            return []
         if all(seen.get(r) == tips_now.get(r) for r in refs):
             return []
         jobs = queue.jobs()

@@ -67,6 +67,13 @@ def from_commit(repo: Repo, rev: str, pre: str, *, new_pre: bool = False) -> Cha
                          hint="give a commit (a hash, branch or tag) that git rev-parse knows")
     if post == pre:
         raise _commit_is_pre(repo, rev, pre, new_pre)
+    if repo.is_ancestor(post, pre):
+        # Not "not a descendant": with --series, pre moves past each update built, and a
+        # commit an update already carries is in its history (two series runs racing).
+        raise NoChangeError(f"{rev} ({post[:12]}) is already in refs/ksplice/pre "
+                            f"({pre[:12]}): an update built since carries its change. No "
+                            "changes detected.",
+                            hint="git ksplice series lists the updates built")
     if not repo.is_ancestor(pre, post):
         raise InputError(
             f"{rev} ({post[:12]}) is not a descendant of refs/ksplice/pre ({pre[:12]}), "

@@ -18,6 +18,7 @@ import pytest
 
 from tests.workflow.conftest import (
     PROC_FIX,
+    SYS_FIX,
     Kernel,
     changed_functions,
     manifest,
@@ -352,3 +353,16 @@ def test_counts_are_pluralised(warm_kernel: Kernel) -> None:
     assert re.search(r"comparing objects: done in [\d.]+s \(1 object\)", r.stderr), r.stderr
     assert not re.search(r"\b1 [a-z ]*?(objects|functions|products|relocations|updates)\b",
                          r.stderr), r.stderr
+
+
+def test_a_commit_already_in_pre_is_named(warm_kernel: Kernel) -> None:
+    """With --series, pre moves past each update; a commit an update already carries is in
+    pre's history, not "not a descendant" of it."""
+    k = warm_kernel
+    fix = k.commit("proc: say more", PROC_FIX)
+    k.commit("sys: longer name", SYS_FIX)
+    k.create("--series", "--id", "both")  # pre moves to HEAD, past fix
+    r = k.create(fix, "--id", "again", expect=66)
+    assert f"is already in refs/ksplice/pre ({k.rev('refs/ksplice/pre')[:12]})" in r.stderr, \
+        r.stderr
+    assert "not a descendant" not in r.stderr

@@ -555,3 +555,21 @@ def test_the_worker_stops_when_its_repository_is_deleted(warm_kernel: Kernel, fa
     while alive(worker) or alive(int(make_pid.read_text())):
         assert time.monotonic() < deadline, "the worker or its make outlived the repository"
         time.sleep(0.2)
+
+
+@pytest.mark.parametrize("garbage", ["{not json", "[1, 2]", '{"refs/heads/main": 7}'])
+def test_a_damaged_record_of_the_tips_queues_nothing_again(warm_kernel: Kernel,
+                                                           garbage: str) -> None:
+    """The hook's record of where the watched branches were, damaged: it used to read as
+    "never seen", and every commit beyond refs/ksplice/pre was queued again."""
+    k = warm_kernel
+    k.ksplice("hook", "install", check_state=())
+    first = k.commit("proc: say more", PROC_FIX)
+    assert [(j["commit"], j["state"]) for j in wait_idle(k)] == [(first, "built")]
+    (k.state_dir / "hook" / "tips.json").write_text(garbage)
+    r = subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "empty"], cwd=k.path,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "was damaged: it starts again" in r.stderr, explain(r)
+    assert [j["commit"] for j in wait_idle(k)] == [first]  # nothing queued again
+    second = k.commit("sys: longer name", SYS_FIX)
+    assert [j["commit"] for j in wait_idle(k)] == [first, second]
