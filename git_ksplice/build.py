@@ -18,6 +18,7 @@ else.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -330,33 +331,27 @@ class BuildTree:
         """The build directory belongs to one repository: the lock is per repository, so a
         second one sharing ksplice.buildDir would remove the first one's worktree and cache,
         and stop its make. It is refused, naming the owner; a directory whose owner is gone
-        is taken over. The owner file is created exclusively, so two first runs cannot both
-        claim it."""
+        is taken over. The claim is made under a lock of the directory itself, which every
+        repository given it takes: two first runs cannot both get it."""
         ours = str(self.repo.common_dir.resolve())
-        owner = self._owner()
-        if owner is None:
-            self.root.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(self.owner_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-            else:
-                with os.fdopen(fd, "w") as f:
-                    f.write(ours + "\n")
-                return
-        if owner == ours:
-            return
-        if (Path(owner) / "HEAD").exists():
-            raise InputError(f"the build directory {self.root} belongs to the repository "
-                             f"{owner}, not to this one ({ours})",
-                             hint="give each repository its own: git config ksplice.buildDir "
-                                  "DIR (a build directory holds one kernel tree, and a run "
-                                  "would remove the other repository's)")
-        say(f"the build directory {self.root} belonged to {owner}, which is gone: taking it "
-            "over")
-        tmp = self.owner_file.with_suffix(".tmp")
-        tmp.write_text(ours + "\n")
-        os.replace(tmp, self.owner_file)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "claim.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            owner = self._owner()
+            if owner is not None and owner != ours and (Path(owner) / "HEAD").exists():
+                raise InputError(f"the build directory {self.root} belongs to the repository "
+                                 f"{owner}, not to this one ({ours})",
+                                 hint="give each repository its own: git config "
+                                      "ksplice.buildDir DIR (a build directory holds one "
+                                      "kernel tree, and a run would remove the other "
+                                      "repository's)")
+            if owner is not None and owner != ours:
+                say(f"the build directory {self.root} belonged to {owner}, which is gone: "
+                    "taking it over")
+            if owner != ours or not self.owner_file.exists():
+                tmp = self.owner_file.with_suffix(".tmp")
+                tmp.write_text(ours + "\n")
+                os.replace(tmp, self.owner_file)
 
     def _owner(self) -> str | None:
         """The common git dir the build directory belongs to: its owner file, or for one made

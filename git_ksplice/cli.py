@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import platform
 import sys
 
@@ -355,28 +356,39 @@ def _main(command: click.Command, prog_name: str, argv: list[str] | None) -> int
     except BrokenPipeError:
         return EXIT_ERROR
     except OSError as e:
+        if e.errno not in _MACHINE_SAID_NO:
+            return _internal_error()
         # The machine said no (a full disk, a read-only file system, a permission): a
         # message, not a traceback. The refs move last, in one transaction, so what a run
         # left is repaired by the next.
         where = f" ({e.filename})" if e.filename else ""
-        ui.error(f"{e.strerror or e}{where}",
-                 hint="fix that and run the command again; an interrupted create is "
-                      "repaired by the next one")
+        ui.error(f"{e.strerror or e}{where}", hint="fix that and run the command again")
         return EXIT_ERROR
     except Exception as e:  # a bug: say so, and keep the evidence
         if type(e).__module__.startswith(("pygit2", "_pygit2")):
             # libgit2 refusing to write (a full disk, a read-only .git) is the machine's
             # answer, not a bug of ours.
-            ui.error(f"git: {e}", hint="fix that and run the command again; an interrupted "
-                                       "create is repaired by the next one")
+            ui.error(f"git: {e}", hint="fix that and run the command again")
             return EXIT_ERROR
-        import traceback
-
-        ui.error("internal error in git-ksplice (this is a bug; please report it with the "
-                 "traceback below)")
-        traceback.print_exc()
-        return EXIT_ERROR
+        return _internal_error()
     return 0
+
+
+#: What the machine, not the program, is to blame for: said as a message, not a traceback.
+_MACHINE_SAID_NO = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                    errno.EIO, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
+
+
+def _internal_error() -> int:
+    """A bug: say so, and keep the evidence (called from an except block)."""
+    import traceback
+
+    from git_ksplice import ui
+
+    ui.error("internal error in git-ksplice (this is a bug; please report it with the "
+             "traceback below)")
+    traceback.print_exc()
+    return EXIT_ERROR
 
 
 def _show_usage_error(e: click.UsageError) -> None:

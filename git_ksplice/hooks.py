@@ -144,11 +144,15 @@ def is_pattern(value: str) -> bool:
 
 def _glob(pattern: str) -> re.Pattern[str]:
     """A ref pattern as git's for-each-ref reads it (wildmatch with WM_PATHNAME): `*` and `?`
-    do not cross a `/`, `[...]` is a set of characters."""
+    do not cross a `/`, `**` does (`fix/**` is every branch under fix/), `[...]` is a set
+    of characters."""
     out, i = [], 0
     while i < len(pattern):
         c = pattern[i]
-        if c == "*":
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 1
+        elif c == "*":
             out.append("[^/]*")
         elif c == "?":
             out.append("[^/]")
@@ -224,7 +228,7 @@ class Queue:
             tips = json.loads(self.tips_file.read_text())
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError):
+        except ValueError:  # (an OSError is no damage: it reaches the caller)
             return None
         if not isinstance(tips, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                  for k, v in tips.items()):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import os
-import posixpath
 import re
 import stat
 import subprocess
@@ -338,20 +337,70 @@ def _materialise(path: Path, entry: bytes | Symlink | None) -> None:
 def _check_entries(repo: Repo, pre: str, files: dict[str, Entry], where: str) -> None:
     """Every file the change writes, and every symlink it makes or changes: inside the tree.
     (Links pre already has are the source's own, and left alone.)"""
+    post = _PostTree(repo, pre, files)
     for rel, entry in files.items():
         check_path(rel, where)
+        if entry is not None and repo.is_directory(pre, rel):
+            raise InputError(f"{where}: {rel} is a directory in refs/ksplice/pre; a file "
+                             "cannot replace it", hint="change the files inside it instead")
+        parts = rel.split("/")
+        for i in range(1, len(parts)):
+            if isinstance(post.entry("/".join(parts[:i])), Symlink):
+                raise InputError(f"{where}: {rel} is beyond a symbolic link "
+                                 f"({'/'.join(parts[:i])})",
+                                 hint="a change may only touch files of the source tree")
         if isinstance(entry, Symlink) and entry != repo.read_entry(pre, rel):
-            _check_link_target(rel, entry, where)
+            _check_link_target(post, rel, entry, where)
 
 
-def _check_link_target(rel: str, link: Symlink, where: str) -> None:
+class _PostTree:
+    """Paths as the post commit will have them (pre with the change's files): what a
+    checkout of it will follow."""
+
+    def __init__(self, repo: Repo, pre: str, files: dict[str, Entry]) -> None:
+        self.repo, self.pre, self.files = repo, pre, files
+
+    def entry(self, path: str) -> Entry:
+        return self.files[path] if path in self.files else self.repo.read_entry(self.pre, path)
+
+    def resolve(self, directory: list[str], target: str, hops: int = 40) -> list[str] | None:
+        """Where `target`, read in `directory`, leads once every symlink on the way is
+        followed as the file system will follow it (a `..` after a link climbs from where
+        the link points): the path's components, or None when it leaves the tree."""
+        if target.startswith("/") or hops == 0:
+            return None
+        current = list(directory)
+        for part in target.split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not current:
+                    return None
+                current.pop()
+                continue
+            current.append(part)
+            entry = self.entry("/".join(current))
+            if isinstance(entry, Symlink):
+                followed = self.resolve(current[:-1], os.fsdecode(entry.target), hops - 1)
+                if followed is None:
+                    return None
+                current = followed
+        return current
+
+
+def _check_link_target(post: _PostTree, rel: str, link: Symlink, where: str) -> None:
+    """Text alone cannot tell where a link leads (`r/../../etc/passwd`, with r a link to the
+    tree's root, reads as inside): it is resolved through the post tree's links."""
     target = os.fsdecode(link.target)
-    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
-    outside = target.startswith("/") or resolved == ".." or resolved.startswith("../")
-    if outside or any(p.casefold() == ".git" for p in resolved.split("/")):
-        raise InputError(f"{where}: {rel} is a symlink to {target}, outside the source tree",
+    resolved = post.resolve(rel.split("/")[:-1], target)
+    if resolved is None:
+        raise InputError(f"{where}: {rel} is a symlink to {target}, which leads outside the "
+                         "source tree",
                          hint="a change may not bring in files from outside the repository: "
                               "copy what it needs into the tree as a regular file")
+    if any(p.casefold() == ".git" for p in resolved):
+        raise InputError(f"{where}: {rel} is a symlink to {target}, which leads into .git",
+                         hint="a change may only use files of the source tree")
 
 
 def _temporary(repo: Repo, pre: str, files: dict[str, Entry], mode: str,

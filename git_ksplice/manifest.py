@@ -47,7 +47,7 @@ def parse(data: bytes, where: str) -> dict[str, Any]:
     """The manifest in `data`, checked; an InputError naming `where` and the field if not."""
     try:
         doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise InputError(f"{where}: manifest.json is not JSON ({e})",
                          hint="the update is damaged or was not made by git-ksplice") from None
     check(doc, where)

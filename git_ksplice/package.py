@@ -170,7 +170,8 @@ def read_tarball(path: Path, wanted: tuple[str, ...] | None = None) -> Tarball:
                 first, _, rest = member.name.partition("/")
                 if top is None:
                     top = first
-                if first != top or not top.startswith("ksplice-"):
+                if first != top or not UPDATE_ID.match(top.removeprefix("ksplice-")) \
+                        or not top.startswith("ksplice-"):
                     raise InputError(f"{path} is not a ksplice update (expected one top "
                                      "directory ksplice-<ID>/)")
                 if not member.isfile() or not rest or (wanted and rest not in wanted):

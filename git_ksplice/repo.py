@@ -262,6 +262,12 @@ class Repo:
             return Symlink(entry.data)
         return entry.data
 
+    def is_directory(self, commit: str, path: str) -> bool:
+        try:
+            return isinstance(self.pygit[commit].peel(pygit2.Tree)[path], pygit2.Tree)
+        except KeyError:
+            return False
+
     def read_blob(self, commit: str, path: str) -> bytes | None:
         try:
             obj = self.pygit[commit].peel(pygit2.Tree)[path]

@@ -54,9 +54,12 @@ def print_json(document: dict[str, Any]) -> None:
 
 def error(message: str, hint: str | None = None) -> None:
     # The message is text, not markup: make's `[scripts/Makefile.build:255: x.o]` must print.
-    console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
+    # And it may quote input from anywhere (a manifest's field, a file name): escaped.
+    console.print(f"[bold red]error:[/] {escape(printable(message, terminal=True))}",
+                  markup=True, highlight=False)
     if hint:
-        console.print(f"[dim]hint:[/] {escape(hint)}", markup=True, highlight=False)
+        console.print(f"[dim]hint:[/] {escape(printable(hint, terminal=True))}", markup=True,
+                      highlight=False)
 
 
 class Phases:
@@ -102,6 +105,7 @@ class Phases:
                           markup=False)
 
     def note(self, message: str) -> None:
+        message = printable(message, terminal=True)
         if self._status is not None:
             self._status.console.print(message, markup=False)
         elif not self.quiet:

@@ -195,7 +195,7 @@ def describe_tiers() -> None:
     cache = needs.kernel_cache()
     warm = any(cache.glob("linux-6.1-*/repo.done")) if cache.is_dir() else False
     state = ("warm" if warm else
-             "empty: the first run builds Linux 6.1 twice, about 15 minutes on 2 cores and "
+             "empty: the first run builds Linux 6.1 twice, about 12 minutes on 2 cores and "
              "5 GB")
     print(f"tests/run.py: real-kernel tier's cache: {cache} ({state}; "
           "KSPLICE_KERNEL_CACHE=DIR moves it)", file=sys.stderr)

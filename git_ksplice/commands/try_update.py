@@ -8,6 +8,7 @@ runs the check again (it must fail: the update is undone cleanly). Each step is 
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -94,6 +95,10 @@ def _configured_kernel() -> str:
     return r.stdout.strip()
 
 
+#: A kernel module's name (MODULE_NAME_LEN is 56, with its NUL).
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_-]{1,55}")
+
+
 def _livepatch(path: str) -> tuple[str, str, bytes]:
     """(update id, livepatch module name, the module's bytes) of an update tarball."""
     update = read_tarball(Path(path))
@@ -107,6 +112,11 @@ def _livepatch(path: str) -> tuple[str, str, bytes]:
         raise InputError(f"{path} is damaged: its contents line {' '.join(lines[0])!r} names "
                          "no module file", hint="build the update again")
     _, modname, kofile = lines[0][:3]
+    if not _MODULE_NAME.fullmatch(modname):
+        # It goes into the guest's /init script and onto the terminal: only a module name.
+        raise InputError(f"{path} is damaged: its livepatch module is named "
+                         f"{modname[:60]!r}, which is no kernel module name",
+                         hint="build the update again")
     return update.id, modname, update.member(kofile)
 
 
@@ -142,7 +152,8 @@ def run(tarball: str, kernel: str | None, check: str | None, modules: tuple[str,
             raise InputError(f"cannot read check script {check}: {e.strerror}") from None
     init = _INIT.replace("@MOD@", modname)
     workdir = Path(keep) if keep else Path(tempfile.mkdtemp(prefix=f"ksplice-try-{update_id}-"))
-    ui.console.print(f"booting {kernel} with update {update_id} ({modname})...")
+    ui.console.print(f"booting {kernel} with update {update_id} ({modname})...",
+                     markup=False, highlight=False)
     session = qemu.run(Path(kernel), qemu.make_initramfs(files, init), workdir=workdir,
                        timeout=timeout)
     expected = {f"load-module:{Path(n).stem}": True for n in names}

@@ -138,13 +138,24 @@ def run(tarball: str | None, update_id: str | None, as_json: bool) -> int:
     return EXIT_OK
 
 
+def _when(timestamp: object) -> str:
+    """A ledger entry's build time, or `-`: a fetched entry may say anything (10**20)."""
+    if not isinstance(timestamp, int) or isinstance(timestamp, bool):
+        return "-"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M", time.gmtime(timestamp))
+    except (OverflowError, OSError, ValueError):
+        return "-"
+
+
 def run_series(as_json: bool) -> int:
     repo = Repo.discover()
     entries = _ledger(repo)
     rows = []
     for commit, manifest, description, _ in entries:
         if isinstance(manifest, str):
-            ui.console.print(f"warning: {manifest}", markup=False, highlight=False)
+            ui.console.print(f"warning: {ui.printable(manifest, terminal=True)}",
+                             markup=False, highlight=False)
             rows.append({"id": None, "entry": commit, "description": "", "pre": None,
                          "post": None, "targets": [], "timestamp": None, "stacked": None,
                          "damaged": manifest})
@@ -165,8 +176,7 @@ def run_series(as_json: bool) -> int:
     sys.stdout.write(f"{'ID':<{width}}  {'BUILT':<16}  {'POST':<12}  S  TARGETS  "
                      "DESCRIPTION\n")
     for r in rows:
-        when = (time.strftime("%Y-%m-%d %H:%M", time.gmtime(int(r["timestamp"])))
-                if str(r.get("timestamp") or "").isdigit() else "-")
+        when = _when(r.get("timestamp"))
         stacked = {True: "s", False: "-"}.get(r["stacked"], "?")
         if r.get("damaged"):
             r["description"] = f"(damaged ledger entry {r['entry'][:12]})"

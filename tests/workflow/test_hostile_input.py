@@ -52,8 +52,8 @@ def test_diffext_symlink_out_of_the_tree_is_refused(kernel: Kernel, tmp_path: Pa
         target = str(outside_secret(tmp_path))
     (kernel.path / "kernel/sys.c.new").symlink_to(target)
     r = kernel.create("--diffext=.new", expect=1, timeout=30)
-    assert f"kernel/sys.c is a symlink to {target}, outside the source tree" in r.stderr, \
-        r.stderr
+    assert f"kernel/sys.c is a symlink to {target}, which leads outside the source tree" \
+        in r.stderr, r.stderr
     assert_nothing_recorded(kernel)
     assert_secret_nowhere(kernel)
 
@@ -71,7 +71,38 @@ def test_diffext_relative_symlink_escaping_the_tree_is_refused(kernel: Kernel,
 def test_diffext_symlink_into_dot_git_is_refused(kernel: Kernel) -> None:
     (kernel.path / "kernel/sys.c.new").symlink_to("../.git/config")
     r = kernel.create("--diffext=.new", expect=1)
-    assert "outside the source tree" in r.stderr, r.stderr
+    assert "is a symlink to ../.git/config, which leads into .git" in r.stderr, r.stderr
+    assert_nothing_recorded(kernel)
+
+
+def test_diffext_symlinks_chained_out_of_the_tree_are_refused(kernel: Kernel) -> None:
+    """Read as text, `r/../../../etc/passwd` stays inside; but r is itself a link (to the
+    tree's root), and a checkout follows it: the `..` climb from where r points."""
+    d = kernel.path / "kernel" / "deep" / "er"
+    d.mkdir(parents=True)
+    (d / "r.new").symlink_to("../../..")
+    (d / "y.new").symlink_to("r/../../../etc/passwd")
+    fixed = (kernel.path / "kernel/sys.c").read_text().replace(*SYS_FIX["kernel/sys.c"])
+    (kernel.path / "kernel/sys.c.new").write_text(fixed)  # a real change beside them
+    r = kernel.create("--diffext=.new", expect=1)
+    assert "kernel/deep/er/y is a symlink to r/../../../etc/passwd, which leads outside" \
+        in r.stderr, r.stderr
+    assert_nothing_recorded(kernel)
+
+
+def test_patch_writing_beyond_a_symlink_is_refused(kernel: Kernel, tmp_path: Path) -> None:
+    """A patch that makes a directory link out of the tree and a file under it: the file
+    would land wherever the link points, outside patch(1)'s scratch tree. patch(1) refuses
+    to write it, and nothing is recorded."""
+    patch = tmp_path / "beyond.patch"
+    patch.write_text("diff --git a/kernel/up b/kernel/up\nnew file mode 120000\n"
+                     "--- /dev/null\n+++ b/kernel/up\n@@ -0,0 +1 @@\n+../..\n"
+                     "\\ No newline at end of file\n"
+                     "--- /dev/null\n+++ b/kernel/up/PWNED\n@@ -0,0 +1 @@\n+int x;\n")
+    r = kernel.create(f"--patch={patch}", expect=1)
+    assert "does not apply" in r.stderr and "Invalid file name kernel/up/PWNED" in r.stderr, \
+        r.stderr
+    assert not list(tmp_path.parent.rglob("PWNED"))
     assert_nothing_recorded(kernel)
 
 
@@ -126,8 +157,8 @@ def test_patch_creating_a_symlink_out_of_the_tree_is_refused(kernel: Kernel,
         f"+#include \"secret.h\"\n"
         f" {(kernel.path / 'kernel/sys.c').read_text().splitlines()[0]}\n"))
     r = kernel.create(f"--patch={patch}", expect=1)
-    assert f"kernel/secret.h is a symlink to {secret}, outside the source tree" in r.stderr, \
-        r.stderr
+    assert f"kernel/secret.h is a symlink to {secret}, which leads outside the source tree" \
+        in r.stderr, r.stderr
     assert_nothing_recorded(kernel)
     assert_secret_nowhere(kernel)
 

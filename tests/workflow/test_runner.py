@@ -55,6 +55,13 @@ def path_without(tmp_path: Path, *hidden: str) -> str:
     return str(d)
 
 
+def missing_on(path: str) -> list[str]:
+    """The packages tests/needs.py finds missing with PATH=path, in its order."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATH", path)
+        return [p.name for p in needs.missing()]
+
+
 def test_with_everything_present_it_runs_pytest_and_installs_nothing(
         tmp_path: Path, hermetic: dict[str, str]) -> None:
     absent = needs.missing()
@@ -77,19 +84,23 @@ def test_a_missing_package_is_installed_with_apt_get(tmp_path: Path,
         pytest.skip("as a user, the runner goes through sudo (not tested: it would ask)")
     path = path_without(tmp_path, "zsh", "apt-get")
     log = fake_apt(Path(path))
+    absent = missing_on(path)  # zsh, and whatever else this machine lacks
+    assert "zsh" in absent
     r = runner("--co", env=dict(hermetic, PATH=path))
-    # The fake installs nothing, so the runner must notice that zsh is still missing.
+    # The fake installs nothing, so the runner must notice that they are still missing.
     assert r.returncode == 1, explain(r)
-    assert log.read_text().splitlines() == ["update -qq", "install -y -qq zsh"]
-    assert "still missing: zsh" in r.stderr, explain(r)
+    assert log.read_text().splitlines() == ["update -qq", f"install -y -qq {' '.join(absent)}"]
+    assert f"still missing: {', '.join(absent)}" in r.stderr, explain(r)
 
 
 def test_without_apt_get_it_stops_naming_the_packages(tmp_path: Path,
                                                       hermetic: dict[str, str]) -> None:
     path = path_without(tmp_path, "zsh", "ccache", "apt-get")
+    absent = missing_on(path)
     r = runner("--co", env=dict(hermetic, PATH=path))
     assert r.returncode == 1, explain(r)
-    assert "missing: ccache, zsh" in r.stderr and "--no-install" in r.stderr, explain(r)
+    assert f"missing: {', '.join(absent)}" in r.stderr and "--no-install" in r.stderr, \
+        explain(r)
 
 
 def test_no_install_runs_the_tests_that_can_run(tmp_path: Path,
