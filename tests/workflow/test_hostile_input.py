@@ -336,3 +336,13 @@ def test_orig_config_files_are_checked(kernel: Kernel, name: str, text: str,
     r = kernel.create("--prebuild", expect=1)
     assert message in r.stderr, r.stderr
     assert_nothing_recorded(kernel)
+
+
+def test_diffext_file_in_place_of_a_directory_is_refused(kernel: Kernel) -> None:
+    (kernel.path / "kernel.new").write_text("not a directory\n")
+    fixed = (kernel.path / "kernel/sys.c").read_text().replace(*SYS_FIX["kernel/sys.c"])
+    (kernel.path / "kernel/sys.c.new").write_text(fixed)
+    r = kernel.create("--diffext=.new", expect=1)
+    assert "kernel is a directory in refs/ksplice/pre; a file cannot replace it" in r.stderr, \
+        r.stderr
+    assert_nothing_recorded(kernel)

@@ -185,3 +185,37 @@ def test_try_names_a_module_the_tarball_lacks(tmp_path: Path) -> None:
                        env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=60)
     assert r.returncode == 1 and "its contents name gone.ko, which it does not hold" in \
         r.stderr, explain(r)
+
+
+def test_a_deeply_nested_manifest_is_named(tmp_path: Path) -> None:
+    t = make_tarball(tmp_path / "u.tar.gz", {"manifest.json": b"[" * 100_000})
+    r = view(str(t))
+    assert r.returncode == 1 and "manifest.json is not JSON" in r.stderr, explain(r)
+
+
+def test_a_ledger_entry_from_the_far_future_is_listed(warm_kernel: Kernel) -> None:
+    k = warm_kernel
+    blob = k.git("hash-object", "-w", "--stdin",
+                 input=json.dumps({"id": "future", "timestamp": 10**20})).strip()
+    tree = k.git("mktree", input=f"100644 blob {blob}\tmanifest.json\n").strip()
+    entry = k.git("commit-tree", tree, "-m", "ksplice future").strip()
+    k.git("update-ref", "refs/ksplice/series", entry)
+    r = k.ksplice("series")
+    assert "future" in r.stdout and "internal error" not in r.stderr, explain(r)
+
+
+@pytest.mark.parametrize("name", ["[/b]", "a;reboot -f", "x" * 60])
+def test_try_refuses_a_module_name_that_is_none(tmp_path: Path, name: str) -> None:
+    t = make_tarball(tmp_path / "u.tar.gz", {"contents": f"livepatch {name} m.ko\n".encode(),
+                                             "m.ko": b"\x7fELF"})
+    r = subprocess.run([sys.executable, "-m", "git_ksplice", "try", str(t), "--kernel",
+                        str(tmp_path / "bzImage")], cwd=REPO, capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=60)
+    assert r.returncode == 1 and "which is no kernel module name" in r.stderr, explain(r)
+
+
+def test_an_error_quoting_hostile_text_escapes_it(tmp_path: Path) -> None:
+    t = make_tarball(tmp_path / "u.tar.gz", {"manifest.json": json.dumps(
+        {"targets": {"\x1b[2J": 7}}).encode()})
+    r = view(str(t))
+    assert r.returncode == 1 and "\x1b" not in r.stderr and "\\x1b[2J" in r.stderr, explain(r)
