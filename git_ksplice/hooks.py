@@ -248,6 +248,20 @@ class Queue:
         _write_atomic(self.dir / "refs", "\n".join([_NO_REF, *ref_patterns(values)]) + "\n")
         _write_atomic(self.dir / "state", "\n".join(lines))
 
+    def notifying(self) -> int:
+        """How many hook runs are still queueing in the background (their marker files).
+        A marker older than a minute is from a notify that was killed: removed."""
+        count = 0
+        for marker in self.dir.glob("pending.*"):
+            try:
+                if time.time() - marker.stat().st_mtime < 60:
+                    count += 1
+                else:
+                    marker.unlink()
+            except OSError:
+                continue
+        return count
+
     # -- the worker's lock -----------------------------------------------------------------
 
     def worker_running(self) -> int | None:
@@ -633,8 +647,11 @@ def hook_lines() -> str:
     """Our block's body. Only for a `committed` transaction, and only when the watched refs
     (or ksplice.watch) differ from what the last run saw: three `git` calls in the shell,
     not a Python start, for the commands that move nothing watched (most of them). Then this
-    interpreter runs `notify`, with the directory the package is imported from when it is
-    not installed in that interpreter. Safe under the user's `set -eu`; reads no stdin."""
+    interpreter runs `notify` in the background, with the directory the package is imported
+    from when it is not installed in that interpreter: the git command returns at once (a
+    commit on a watched branch costs the shell's few milliseconds, not Python's hundred),
+    and says where to look. A marker file per hook run says that a notify is under way
+    (`hook status`) until it has queued. Safe under the user's `set -eu`; reads no stdin."""
     pkg_parent = str(Path(__file__).resolve().parents[1])
     sites = set(site.getsitepackages()) | {site.getusersitepackages()}
     py = _sh_quote(sys.executable)
@@ -648,8 +665,16 @@ def hook_lines() -> str:
         "\t_ksplice_now=$(git config --get-all ksplice.watch; git for-each-ref "
         "--format='%(objectname) %(refname)' $(cat \"$_ksplice_d/refs\" 2>/dev/null "
         "|| echo refs/heads/) </dev/null) || :",
-        '\t[ "$_ksplice_now" = "$(cat "$_ksplice_d/state" 2>/dev/null)" ] ||',
-        f"\t\t{prefix}{py} -m git_ksplice.hooks notify </dev/null || :",
+        '\tif [ "$_ksplice_now" != "$(cat "$_ksplice_d/state" 2>/dev/null)" ] &&',
+        '\t\t[ -d "$_ksplice_d" ] && : >"$_ksplice_d/pending.$$"; then',
+        # SIGHUP ignored before Python starts: a terminal closed as the command returns
+        # must not take the queueing with it (notify then leaves the session).
+        f"\t\t(trap '' HUP; {prefix}exec {py} -m git_ksplice.hooks notify "
+        "\"$_ksplice_d/pending.$$\" </dev/null >/dev/null 2>&1 &) || :",
+        "\t\techo \"git-ksplice: a watched branch moved: its new commits are queued and "
+        "built in the background (git -C ${_ksplice_d%/ksplice/hook} ksplice hook status)\""
+        " >&2",
+        "\tfi",
         "\tunset _ksplice_d _ksplice_now",
         "fi",
     ])
@@ -659,36 +684,42 @@ def _sh_quote(s: str) -> str:
     return "'" + s.replace("'", "'\\''") + "'"
 
 
-def notify() -> int:
-    """What the hook runs: queue new commits, start a worker if none runs. Never fails the
-    git command: every problem becomes one line on stderr."""
+def notify(marker: str | None = None) -> int:
+    """What the hook starts in the background: queue new commits, start a worker if none
+    runs, and remove the hook run's marker file. What the user should know goes to the
+    worker log, which `hook status` names (the git command has long returned)."""
     if os.environ.get(WORKER_ENV):
         return 0
+    with contextlib.suppress(OSError):
+        os.setsid()  # no terminal to hang up on it
     try:
         cwd = os.getcwd()
-        notes: list[str] = []
-        jobs = enqueue(cwd, notes=notes)
-        for note in notes:
-            print(f"git-ksplice: {note}", file=sys.stderr)
-        if jobs:
-            # Always: a worker that is about to exit may already have looked for work. One
-            # too many finds the lock taken and exits at once.
-            spawn_worker(_common_dir(cwd))
-            ids = ", ".join(f"{j.id} ({j.commit[:12]})" for j in jobs)
-            # On a server the message reaches the pusher ("remote: ..."): name the repository.
-            bare = _git("rev-parse", "--is-bare-repository", cwd=cwd).strip() == "true"
-            where = f"git -C {_common_dir(cwd)} ksplice" if bare else "git ksplice"
-            print(f"git-ksplice: queued update{'s' if len(jobs) > 1 else ''} {ids}; "
-                  f"see `{where} hook status`", file=sys.stderr)
-    except Exception as e:  # the user's git command must go on whatever happens here
-        print(f"git-ksplice hook: {e} (nothing was queued; `git ksplice hook status` "
-              "shows the queue)", file=sys.stderr)
+        queue = Queue(_common_dir(cwd))
+        queue.logs_dir.mkdir(parents=True, exist_ok=True)
+        with open(queue.worker_log, "a") as log, contextlib.redirect_stdout(log):
+            try:
+                notes: list[str] = []
+                jobs = enqueue(cwd, notes=notes)
+                for note in notes:
+                    _say(f"hook: {note}")
+                if jobs:
+                    _say("hook: queued " + ", ".join(f"{j.id} ({j.commit[:12]} on {j.ref})"
+                                                      for j in jobs))
+                    # Always: a worker that is about to exit may already have looked for
+                    # work. One too many finds the lock taken and exits at once.
+                    spawn_worker(queue.common_dir)
+            except Exception as e:  # logged; nothing else is there to tell
+                _say(f"hook: {e} (nothing was queued)")
+    finally:
+        if marker:
+            with contextlib.suppress(OSError):
+                os.unlink(marker)
     return 0
 
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["notify"]:
-        return notify()
+        return notify(argv[1] if len(argv) > 1 else None)
     if argv[:1] == ["worker"] and len(argv) == 2:
         return worker(Path(argv[1]))
     print("usage: python -m git_ksplice.hooks notify | worker COMMON_GIT_DIR", file=sys.stderr)

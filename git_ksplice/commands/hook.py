@@ -287,6 +287,7 @@ def status(repo: Repo, as_json: bool, show_all: bool = False) -> int:
     watch = hooks.watched_refs(_watch_values(repo), set(repo.refs("refs/")))
     series_on = repo.config("ksplice.hookSeries", type="bool") == "true"
     worker = queue.worker_running()
+    notifying = queue.notifying()
     jobs = queue.jobs()
     if worker is None:
         for j in jobs:
@@ -298,7 +299,7 @@ def status(repo: Repo, as_json: bool, show_all: bool = False) -> int:
         ui.print_json({"schema": hooks.SCHEMA, "installed": installed, "hook": str(path),
                        "watch": watch, "series": series_on, "pre": pre,
                        "worker": {"pid": worker, "log": str(queue.worker_log)},
-                       "jobs": [j.public() for j in jobs]})
+                       "notifying": notifying, "jobs": [j.public() for j in jobs]})
         return EXIT_OK
     # A listing, like `git status`: on stdout, so that `| grep failed` and `| less` work.
     con = Console(file=sys.stdout, highlight=False, soft_wrap=True)
@@ -313,7 +314,8 @@ def status(repo: Repo, as_json: bool, show_all: bool = False) -> int:
     if installed:
         _warn_without_orig_config(repo)
     con.print(f"worker: {'running, pid ' + str(worker) if worker else 'idle'} "
-              f"(log {queue.worker_log})")
+              f"(log {queue.worker_log})"
+              + (f"; {ui.count(notifying, 'branch move')} being queued" if notifying else ""))
     if not jobs:
         con.print("no updates queued yet")
         return EXIT_OK
