@@ -20,6 +20,9 @@ from git_ksplice.errors import EXIT_OK, InputError
 from git_ksplice.package import UPDATE_ID, read_tarball
 from git_ksplice.repo import REF_SERIES, REF_UPDATES, Repo
 
+#: The largest file of a ledger entry read (a manifest, a description, a patch).
+MAX_LEDGER_FILE = 64 << 20
+
 
 def _ledger(repo: Repo) -> list[tuple[str, dict[str, Any] | str, str, str]]:
     """(entry commit, manifest, description, patch), oldest first. A damaged entry (its
@@ -34,18 +37,28 @@ def _ledger(repo: Repo) -> list[tuple[str, dict[str, Any] | str, str, str]]:
         tree = commit.tree
 
         def blob(name: str, tree: pygit2.Tree = tree) -> str:
+            """A file of the entry, read only when it is a blob of a sane size (the size
+            from the object's header, before its bytes are read)."""
             try:
-                return tree[name].data.decode("utf-8", "replace")  # type: ignore[union-attr]
+                entry = tree[name]
             except KeyError:
                 return ""
+            kind, size = pg.odb.read_header(entry.id)
+            if kind != pygit2.enums.ObjectType.BLOB:
+                raise InputError(f"{name} is not a file")
+            if size > MAX_LEDGER_FILE:
+                raise InputError(f"{name} is {size >> 20} MiB, more than a ledger file can be")
+            return entry.data.decode("utf-8", "replace")  # type: ignore[union-attr]
 
+        where = f"ledger entry {str(commit.id)[:12]}"
         manifest: dict[str, Any] | str
         try:
-            manifest = manifest_schema.parse(blob("manifest.json").encode() or b"{}",
-                                             f"ledger entry {str(commit.id)[:12]}")
+            manifest = manifest_schema.parse(blob("manifest.json").encode() or b"{}", where)
+            description, patch = blob("description"), blob("patch")
         except InputError as e:
-            manifest = e.message
-        out.append((str(commit.id), manifest, blob("description"), blob("patch")))
+            manifest, description, patch = (e.message if e.message.startswith(where)
+                                             else f"{where}: {e.message}"), "", ""
+        out.append((str(commit.id), manifest, description, patch))
         oid = str(commit.parent_ids[0]) if commit.parent_ids else None
     out.reverse()
     return out

@@ -219,3 +219,27 @@ def test_an_error_quoting_hostile_text_escapes_it(tmp_path: Path) -> None:
         {"targets": {"\x1b[2J": 7}}).encode()})
     r = view(str(t))
     assert r.returncode == 1 and "\x1b" not in r.stderr and "\\x1b[2J" in r.stderr, explain(r)
+
+
+@pytest.mark.parametrize("kind", ["tree", "huge"])
+def test_a_ledger_entry_whose_files_are_no_files_is_damaged(warm_kernel: Kernel,
+                                                            kind: str) -> None:
+    """A manifest.json that is a directory, or a patch of 65 MiB: the entry is reported as
+    damaged (its size read from the object's header, not its bytes)."""
+    k = warm_kernel
+    if kind == "tree":
+        inner = k.git("mktree", input="").strip()
+        tree = k.git("mktree", input=f"040000 tree {inner}\tmanifest.json\n").strip()
+        message = "manifest.json is not a file"
+    else:
+        big = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=k.path,
+                             input=b"+" * (65 << 20), capture_output=True,
+                             check=True).stdout.decode().strip()
+        good = k.git("hash-object", "-w", "--stdin", input='{"id": "big"}').strip()
+        tree = k.git("mktree", input=f"100644 blob {good}\tmanifest.json\n"
+                                     f"100644 blob {big}\tpatch\n").strip()
+        message = "patch is 65 MiB, more than a ledger file can be"
+    entry = k.git("commit-tree", tree, "-m", "ksplice odd").strip()
+    k.git("update-ref", "refs/ksplice/series", entry)
+    r = k.ksplice("series")
+    assert message in r.stderr and "damaged ledger entry" in r.stdout, explain(r)
