@@ -16,10 +16,8 @@ would hang the read, /dev/zero would fill memory); reads are bounded; paths with
 
 from __future__ import annotations
 
-import errno
 import os
 import re
-import stat
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -27,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from git_ksplice.errors import InputError, NoChangeError
+from git_ksplice.files import open_fd, read_bounded
 from git_ksplice.repo import Repo, Symlink
 
 #: The largest file a change may hold. Linux's largest sources (generated register headers)
@@ -267,59 +266,20 @@ def check_path(rel: str, where: str) -> None:
 def read_tree_file(full: Path, rel: str) -> bytes | Symlink:
     """A file of a tree that becomes part of the change: a symlink's target (the link is not
     followed), or a regular file's bytes. Opened with O_NOFOLLOW, so a link swapped in after
-    the walk is not followed either, and O_NONBLOCK, so a FIFO cannot hang the open."""
+    the walk is not followed either."""
     try:
-        fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            return Symlink(os.readlink(os.fsencode(full)))
-        raise InputError(f"cannot read {rel}: {e.strerror}") from None
-    return _read_regular(fd, MAX_FILE_BYTES, rel,
-                         "a change holds regular files and symlinks only: remove it")
+        fd = open_fd(full, rel, follow=False)
+    except OSError:  # ELOOP: a symlink
+        return Symlink(os.readlink(os.fsencode(full)))
+    return read_bounded(fd, MAX_FILE_BYTES, rel,
+                        "a change holds regular files and symlinks only: remove it")
 
 
 def read_input_file(path: Path, limit: int, what: str) -> bytes:
     """A file the user names on the command line (a patch): symlinks followed, as any
     command does, but only a regular file is read, and at most `limit` bytes."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        raise InputError(f"cannot read {what} {path}: {e.strerror}") from None
-    return _read_regular(fd, limit, f"{what} {path}", f"give the {what} as a file")
-
-
-def _read_regular(fd: int, limit: int, what: str, hint: str) -> bytes:
-    """The bytes of the open file `fd` (closed here), at most `limit` of them, if it is a
-    regular file: checked on the descriptor, so what is read is what was checked."""
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise InputError(f"{what} is {_file_kind(mode)}, not a regular file", hint=hint)
-        while size <= limit:
-            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as e:
-        raise InputError(f"cannot read {what}: {e.strerror}") from None
-    finally:
-        os.close(fd)
-    if size > limit:
-        raise InputError(f"{what} is larger than {limit >> 20} MiB",
-                         hint="no kernel source file is that large: is it the right file?")
-    return b"".join(chunks)
-
-
-def _file_kind(mode: int) -> str:
-    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISDIR, "a directory")):
-        if test(mode):
-            return kind
-    return "a special file"
+    return read_bounded(open_fd(path, f"{what} {path}"), limit, f"{what} {path}",
+                        f"give the {what} as a file")
 
 
 def _materialise(path: Path, entry: bytes | Symlink | None) -> None:
@@ -411,11 +371,12 @@ def _temporary(repo: Repo, pre: str, files: dict[str, Entry], mode: str,
         raise NoChangeError(f"{summary} changes nothing in refs/ksplice/pre: "
                             "No changes detected.")
 
-    def write() -> str:
-        return repo.tool_commit(repo.tree_with_files(pre, files), pre,
-                                f"git-ksplice: {summary}\n")
+    message = f"git-ksplice: {summary}\n"
+    post = repo.tool_commit(tree, pre, message)
 
-    post = write()
+    def write() -> str:  # the same commit again, its objects with it
+        return repo.tool_commit(repo.tree_with_files(pre, files), pre, message)
+
     if not patch_text:
         patch_text = repo.diff_patch(pre, post)
     return Change(post, mode, patch_text, summary, temporary=True, rewrite=write)

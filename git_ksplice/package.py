@@ -16,7 +16,6 @@ import gzip
 import io
 import os
 import re
-import stat
 import tarfile
 import time
 import zlib
@@ -26,6 +25,7 @@ from typing import Any
 
 from git_ksplice import manifest as manifest_schema
 from git_ksplice.errors import InputError, KspliceError
+from git_ksplice.files import open_regular
 
 API_VERSION = "1"
 MANIFEST_FORMAT = 1
@@ -161,7 +161,8 @@ def read_tarball(path: Path, wanted: tuple[str, ...] | None = None) -> Tarball:
     if wanted is not None:
         wanted = (*wanted, "contents")  # what makes it an update
     try:
-        with _open_regular(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz, \
+        with open_regular(path, f"update {path}", "give the update's tarball") as raw, \
+                gzip.GzipFile(fileobj=raw, mode="rb") as gz, \
                 tarfile.open(fileobj=io.BufferedReader(_Bounded(gz, path)), mode="r|") as tar:
             for count, member in enumerate(tar, 1):
                 if count > MAX_MEMBERS:
@@ -188,15 +189,3 @@ def read_tarball(path: Path, wanted: tuple[str, ...] | None = None) -> Tarball:
     if top is None or "contents" not in files:
         raise InputError(f"{path} is not a ksplice update (no contents file)")
     return Tarball(path, top.removeprefix("ksplice-"), files)
-
-
-def _open_regular(path: Path) -> io.BufferedReader:
-    """`path` opened for reading if it is a regular file: a FIFO would hang the read."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        raise InputError(f"cannot read update {path}: {e.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise InputError(f"{path} is not a regular file", hint="give the update's tarball")
-    return os.fdopen(fd, "rb")

@@ -249,13 +249,16 @@ class Repo:
                                         pygit2.enums.FileMode.BLOB))
         return str(index.write_tree(repo))
 
+    def _tree_entry(self, commit: str, path: str) -> pygit2.Object | None:
+        try:
+            return self.pygit[commit].peel(pygit2.Tree)[path]
+        except KeyError:
+            return None
+
     def read_entry(self, commit: str, path: str) -> bytes | Symlink | None:
         """A file of `commit` as git stores it: a regular file's bytes, a symlink's target
         (never what it points at), None for no such file (or a directory, a submodule)."""
-        try:
-            entry = self.pygit[commit].peel(pygit2.Tree)[path]
-        except KeyError:
-            return None
+        entry = self._tree_entry(commit, path)
         if not isinstance(entry, pygit2.Blob):
             return None
         if entry.filemode == pygit2.enums.FileMode.LINK:
@@ -263,16 +266,10 @@ class Repo:
         return entry.data
 
     def is_directory(self, commit: str, path: str) -> bool:
-        try:
-            return isinstance(self.pygit[commit].peel(pygit2.Tree)[path], pygit2.Tree)
-        except KeyError:
-            return False
+        return isinstance(self._tree_entry(commit, path), pygit2.Tree)
 
     def read_blob(self, commit: str, path: str) -> bytes | None:
-        try:
-            obj = self.pygit[commit].peel(pygit2.Tree)[path]
-        except KeyError:
-            return None
+        obj = self._tree_entry(commit, path)
         return obj.data if isinstance(obj, pygit2.Blob) else None
 
     def uncommitted_changes(self) -> list[str]:

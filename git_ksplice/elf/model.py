@@ -14,8 +14,6 @@ kernel object, and the diff of a 400 KB object must take well under one.
 from __future__ import annotations
 
 import bisect
-import os
-import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from git_ksplice.errors import InputError
+from git_ksplice.files import open_fd, read_bounded
 
 # ELF constants used across the engine (values from the System V ABI and the x86_64 psABI).
 ET_REL = 1
@@ -226,7 +225,8 @@ _RELA = struct.Struct("<QQq")
 def read_object(path: str | Path) -> ElfObject:
     """Read an x86_64 ELF64 relocatable object, or raise InputError saying what is wrong."""
     path = str(path)
-    raw = _read_regular(path)
+    raw = read_bounded(open_fd(path, path), MAX_OBJECT_BYTES, path,
+                             "give the .o files kbuild compiled")
     if raw[:4] != b"\x7fELF":
         raise InputError(f"{path} is not an ELF object (no ELF magic)")
     try:
@@ -241,27 +241,6 @@ MAX_OBJECT_BYTES = 1 << 30
 #: header claiming more is damaged, and would make the differ allocate what it claims.
 MAX_NOBITS_BYTES = 256 << 20
 MAX_ALIGN = 1 << 24
-
-
-def _read_regular(path: str) -> bytes:
-    """The file's bytes if it is a regular file of at most MAX_OBJECT_BYTES: a FIFO would
-    hang the read and /dev/zero would fill memory. O_NONBLOCK: opening a FIFO returns."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        raise InputError(f"cannot read {path}: {e.strerror}") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_OBJECT_BYTES:
-        os.close(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError(f"{path} is not a regular file",
-                             hint="give the .o files kbuild compiled")
-        raise InputError(f"{path} is {st.st_size >> 20} MiB: no object file is that large")
-    with os.fdopen(fd, "rb", buffering=0) as f:
-        try:
-            return f.read(st.st_size)
-        except OSError as e:
-            raise InputError(f"cannot read {path}: {e.strerror}") from None
 
 
 def _check_section_header(name: str, type_: int, h) -> None:  # type: ignore[no-untyped-def]

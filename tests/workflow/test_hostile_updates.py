@@ -125,7 +125,7 @@ def test_what_is_no_tarball_is_named(tmp_path: Path, kind: str) -> None:
     p = tmp_path / "u.tar.gz"
     if kind == "fifo":
         os.mkfifo(p)
-        message = "is not a regular file"
+        message = "is a FIFO, not a regular file"
     elif kind == "garbage":
         p.write_bytes(os.urandom(4096))
         message = "cannot read update"
