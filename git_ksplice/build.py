@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -28,17 +27,17 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from git_ksplice.errors import BuildError, InputError
 from git_ksplice.faults import checkpoint
+from git_ksplice.files import replace_file
+from git_ksplice.kbuild import make_environment, with_ksplice_kcflags
+from git_ksplice.origconfig import OrigConfig
+from git_ksplice.progress import Reporter, Silent
 from git_ksplice.repo import Repo
-
-#: What git-ksplice adds to the kernel's compiler flags: one section per function and per
-#: data object, so that the differ can compare and extract them one by one.
-KSPLICE_KCFLAGS = "-ffunction-sections -fdata-sections"
 
 # Objects kbuild makes that are not compiled translation units of a target.
 _NOT_UNITS = re.compile(r"(^|/)(\.tmp_[^/]*|vmlinux\.o|[^/]*\.mod\.o|built-in\.a|"
@@ -47,128 +46,13 @@ _PROGRESS = re.compile(r"^\s+(CC|AS|CC \[M\]|AS \[M\])\s+(\S+)")
 _ERROR_LINE = re.compile(r"(error|Error \d+|undefined reference|fatal)", re.I)
 
 
-def shell_words(text: str, where: str) -> list[str]:
-    """Words of a shell-quoted setting (ORIG_CONFIG's flags, ksplice.makeArgs), or an error
-    naming the setting: an unbalanced quote is the user's typo, not a crash."""
-    try:
-        return shlex.split(text)
-    except ValueError as e:
-        raise InputError(f"cannot read {where}: {e} in {text.strip()!r}",
-                         hint="quote the words as a shell would (CC=\"ccache gcc\")") from None
-
-
-#: What marks a .config as another architecture's (git-ksplice builds x86_64 kernels).
-_OTHER_ARCHES = {"CONFIG_X86_32": "32-bit x86", "CONFIG_ARM64": "arm64", "CONFIG_ARM": "arm",
-                 "CONFIG_RISCV": "riscv", "CONFIG_PPC": "powerpc", "CONFIG_S390": "s390",
-                 "CONFIG_MIPS": "mips", "CONFIG_LOONGARCH": "loongarch"}
-_CONFIG_LINE = re.compile(r"CONFIG_[A-Za-z0-9_]+=.*")
-_MAP_LINE = re.compile(r"[0-9a-fA-F]+ [A-Za-z?-] \S+(\s+\[\S+\])?")
-
-
-def _check_dot_config(path: Path) -> None:
-    """A kernel configuration, of x86_64: an empty or foreign .config would build a kernel
-    with every option off (or the wrong one), and every object would differ."""
-    lines = _text_lines(path, "ORIG_CONFIG's .config")
-    settings = 0
-    for n, line in enumerate(lines, 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        if not _CONFIG_LINE.fullmatch(line):
-            raise InputError(f"{path} is not a kernel configuration: line {n} is {line[:60]!r}",
-                             hint="copy the running kernel's .config (from /boot/config-"
-                                  "RELEASE or its headers package) there")
-        settings += 1
-        name = line.split("=", 1)[0]
-        if name in _OTHER_ARCHES and line.endswith("=y"):
-            raise InputError(f"{path} is for {_OTHER_ARCHES[name]} ({line}); git-ksplice "
-                             "builds x86_64 kernels")
-    if not settings:
-        raise InputError(f"{path} holds no kernel configuration (no CONFIG_ lines)",
-                         hint="copy the running kernel's .config there")
-
-
-def _check_system_map(path: Path) -> None:
-    """Lines of `ADDRESS TYPE NAME`, as `nm -n vmlinux` writes them (with a module's name in
-    brackets in /proc/kallsyms copies). Whether its symbols agree with ORIG_CONFIG's
-    vmlinux is checked where both are read (livepatch/symbols.py)."""
-    lines = _text_lines(path, "ORIG_CONFIG's System.map")
-    entries = 0
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if not _MAP_LINE.fullmatch(line.strip()):
-            raise InputError(f"{path} is not a System.map: line {n} is {line[:60]!r}",
-                             hint="copy the running kernel's System.map (from /boot) there")
-        entries += 1
-    if not entries:
-        raise InputError(f"{path} is empty", hint="copy the running kernel's System.map there")
-
-
-def _text_lines(path: Path, what: str) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError as e:
-        raise InputError(f"cannot read {what} ({path}): {e.strerror}") from None
-
-
-@dataclass
-class OrigConfig:
-    """ORIG_CONFIG: what describes the running kernel."""
-
-    path: Path
-
-    @property
-    def dot_config(self) -> Path:
-        return self.path / ".config"
-
-    @property
-    def system_map(self) -> Path:
-        return self.path / "System.map"
-
-    @property
-    def flags(self) -> list[str]:
-        """Extra kbuild arguments the running kernel was built with (Ksplice's `flags`)."""
-        f = self.path / "flags"
-        return shell_words(f.read_text(), f"ORIG_CONFIG's flags ({f})") if f.exists() else []
-
-    def check(self) -> None:
-        if self.path.exists() and not self.path.is_dir():
-            # Most often the running kernel's .config or System.map itself, given for the
-            # directory that holds them.
-            way_out = (f"pass the directory that holds it: --config={self.path.parent}"
-                       if self.path.name in (".config", "System.map") else "pass --config=DIR")
-            raise InputError(f"ORIG_CONFIG {self.path} is a file, not a directory",
-                             hint="ORIG_CONFIG is a directory holding the running kernel's "
-                                  ".config and System.map (and optionally flags, vmlinux, "
-                                  f"Module.symvers): {way_out}")
-        if not self.path.is_dir():
-            raise InputError(f"ORIG_CONFIG directory {self.path} does not exist",
-                             hint="it describes the running kernel: put its .config and "
-                                  "System.map there, or pass --config=DIR")
-        if not self.system_map.is_file():
-            raise InputError(f"Failed to find System.map file in ORIG_CONFIG directory "
-                             f"{self.path}",
-                             hint="copy the running kernel's System.map there")
-        if not self.dot_config.is_file():
-            raise InputError(f"no .config in ORIG_CONFIG directory {self.path}",
-                             hint="copy the running kernel's .config there")
-        _check_dot_config(self.dot_config)
-        _check_system_map(self.system_map)
-
-    def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        for p in (self.dot_config, self.path / "flags"):
-            h.update(p.read_bytes() if p.exists() else b"-")
-        return h.hexdigest()
-
-
 @dataclass
 class BuildSettings:
     jobs: int
     make_args: list[str]
     verbose: int = 0
-    #: Called for every line make prints (progress display); gets (line, objects compiled).
-    on_line: Callable[[str, int], None] | None = None
+    #: Told every line make prints (progress display), and the tree's repairs.
+    reporter: Reporter = field(default_factory=Silent)
     #: make targets; empty for the tree's default. For Linux, `vmlinux modules`: the
     #: compressed image is never needed (these builds are compared, not booted).
     targets: list[str] = field(default_factory=list)
@@ -180,18 +64,11 @@ class BuildSettings:
     def patched(self) -> BuildSettings:
         if self.patched_targets is None:
             return self
-        return BuildSettings(self.jobs, self.make_args, self.verbose, self.on_line,
+        return BuildSettings(self.jobs, self.make_args, self.verbose, self.reporter,
                              self.patched_targets, None)
 
     def command(self) -> list[str]:
-        args = list(self.make_args)
-        kcflags = KSPLICE_KCFLAGS
-        for i, a in enumerate(args):
-            if a.startswith("KCFLAGS="):
-                kcflags = a.split("=", 1)[1] + " " + KSPLICE_KCFLAGS
-                del args[i]
-                break
-        cmd = ["make", f"-j{self.jobs}", f"KCFLAGS={kcflags}", *args]
+        cmd = ["make", f"-j{self.jobs}", *with_ksplice_kcflags(self.make_args)]
         if self.verbose >= 2:
             cmd.append("V=1")
         return cmd + self.targets
@@ -204,9 +81,7 @@ class Manifest:
     files: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.files, sort_keys=True))
-        os.replace(tmp, path)
+        replace_file(path, json.dumps(self.files, sort_keys=True))
 
     @classmethod
     def load(cls, path: Path) -> Manifest | None:
@@ -233,14 +108,12 @@ class BuildTree:
     #: make, cache
     timings: dict[str, float]
 
-    def __init__(self, repo: Repo) -> None:
+    def __init__(self, repo: Repo, root: Path) -> None:
+        """`root`: the build directory (settings.build_dir)."""
         self.timings = {}
         self.repo = repo
         self.orig: OrigConfig | None = None
-        configured = repo.config("ksplice.buildDir", type="path")
-        self.root = Path(configured).expanduser() if configured else repo.state_dir / "build"
-        if not self.root.is_absolute():
-            self.root = (repo.toplevel or repo.common_dir) / self.root
+        self.root = root
         self.path = self.root / "tree"
         self.cache = self.root / "pristine"
         self.state_file = self.root / "state.json"
@@ -256,18 +129,16 @@ class BuildTree:
 
     def _set_state(self, **values) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(values, sort_keys=True))
-        os.replace(tmp, self.state_file)
+        replace_file(self.state_file, json.dumps(values, sort_keys=True))
 
     # -- the pristine tree ---------------------------------------------------------------
 
     def ensure_pristine(self, pre: str, orig: OrigConfig, settings: BuildSettings, *,
-                        log: Path, rebuild: bool = True, on_repair=None) -> bool:
+                        log: Path, rebuild: bool = True) -> bool:
         """Bring the tree to a built `pre`, repairing whatever an earlier run or someone
-        else left. Returns True when make ran."""
+        else left (each repair is a note to the reporter). Returns True when make ran."""
         self.orig = orig
-        say = on_repair or (lambda _msg: None)
+        say = settings.reporter.note
         self.claim(say)
         started = time.monotonic()
         self.timings = {}
@@ -349,9 +220,7 @@ class BuildTree:
                 say(f"the build directory {self.root} belonged to {owner}, which is gone: "
                     "taking it over")
             if owner != ours or not self.owner_file.exists():
-                tmp = self.owner_file.with_suffix(".tmp")
-                tmp.write_text(ours + "\n")
-                os.replace(tmp, self.owner_file)
+                replace_file(self.owner_file, ours + "\n")
 
     def _owner(self) -> str | None:
         """The common git dir the build directory belongs to: its owner file, or for one made
@@ -418,8 +287,7 @@ class BuildTree:
 
     def _outputs(self) -> dict[str, tuple[int, int]]:
         """Every file in the tree that git does not track: the build products."""
-        tracked = set(self.repo.git("ls-files", "-z", cwd=self.path, isolated=True)
-                      .stdout.split("\0"))
+        tracked = self.repo.tracked_files(self.path)
         out: dict[str, tuple[int, int]] = {}
         root = str(self.path)
         for dirpath, dirnames, filenames in os.walk(root):
@@ -534,9 +402,7 @@ class BuildTree:
         cmd = settings.command()
         compiled = 0
         tail: list[str] = []
-        env = dict(os.environ)
-        for k in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL"):
-            env.pop(k, None)
+        env = make_environment()
         with open(log, "w", buffering=1) as logf:  # line-buffered: tail -f works
             logf.write("$ " + shlex.join(cmd) + "\n")
             logf.flush()
@@ -562,8 +428,7 @@ class BuildTree:
                     tail.append(line)
                     if len(tail) > 400:
                         del tail[:200]
-                    if settings.on_line:
-                        settings.on_line(line, compiled)
+                    settings.reporter.build_line(line, compiled)
                 rc = proc.wait()
                 if orphans:
                     logf.write(f"# git-ksplice: {orphans} 'ld: warning: orphan section' lines "
@@ -597,70 +462,3 @@ def _same_file(a: Path, b: Path) -> bool:
                 return False
             if not x:
                 return True
-
-
-def is_linux_tree(tree: Path) -> bool:
-    """A Linux kbuild tree (livepatch modules can be built against it)."""
-    return (tree / "scripts" / "Makefile.modpost").exists() and \
-        (tree / "include" / "linux" / "livepatch.h").exists()
-
-
-# -- targets -----------------------------------------------------------------------------
-
-
-def target_map(tree: Path) -> dict[str, str]:
-    """Each compiled unit of the tree -> the target it links into: `vmlinux`, or a module
-    name (`-` made `_`, as the kernel names modules), read from kbuild's own records:
-    `modules.order` and each module's `.mod` file, and the members of `vmlinux.a` (or the
-    `built-in.a` archives where there is no vmlinux.a)."""
-    targets: dict[str, str] = {}
-    order = tree / "modules.order"
-    if order.exists():
-        for ko in order.read_text().split():
-            stem = ko.removesuffix(".ko") if ko.endswith(".ko") else ko.removesuffix(".o")
-            name = Path(stem).name.replace("-", "_")
-            mod = tree / (stem + ".mod")
-            if mod.exists():
-                for obj in mod.read_text().split():
-                    targets[_normalise(obj)] = name
-    # vmlinux.a is made when vmlinux links; the top-level built-in.a as soon as objects are
-    # compiled (a patched build that does not link still lists a new file's object there).
-    for archive in ("vmlinux.a", "built-in.a"):
-        for obj in _archive_members(tree, archive):
-            targets.setdefault(obj, "vmlinux")
-    return targets
-
-
-def module_file(tree: Path, name: str) -> Path | None:
-    """The built .ko of module `name` (as the kernel names it: `-` made `_`)."""
-    order = tree / "modules.order"
-    if not order.exists():
-        return None
-    for ko in order.read_text().split():
-        if Path(ko).stem.replace("-", "_") == name:
-            p = tree / (ko if ko.endswith(".ko") else ko[:-2] + ".ko")
-            return p if p.exists() else None
-    return None
-
-
-def _archive_members(tree: Path, archive: str, depth: int = 0) -> Iterable[str]:
-    path = tree / archive
-    if not path.exists() or depth > 20:
-        return []
-    # Run from the tree with a relative name: ar prints a thin archive's members relative to
-    # the current directory then (absolute paths for an absolute archive name).
-    r = subprocess.run(["ar", "t", archive], cwd=tree, capture_output=True, text=True)
-    if r.returncode != 0:
-        return []
-    out = []
-    for member in r.stdout.split():
-        rel = _normalise(os.path.relpath(tree / member, tree))
-        if rel.endswith(".a"):
-            out.extend(_archive_members(tree, rel, depth + 1))
-        else:
-            out.append(rel)
-    return out
-
-
-def _normalise(p: str) -> str:
-    return os.path.normpath(p.removeprefix("./"))

@@ -120,17 +120,12 @@ def _create_options(f):
 
 
 def _run_create(commit: str | None, source: str | None = None, **kw) -> None:
-    from git_ksplice.commands.create import CreateOptions, run
+    from git_ksplice.commands.create import run
+    from git_ksplice.settings import CreateOptions, one_change_at_a_time
 
     git_commit = kw.pop("git_commit")
     if commit is not None and git_commit is not None:
         raise click.UsageError("give the commit either as COMMIT or as --git, not both")
-    given = [m for m, v in (("COMMIT/--git", commit or git_commit), ("--patch", kw["patch"]),
-                            ("--diffext", kw["diffext"]), ("--prebuild", kw["prebuild"]))
-             if v is not None and v is not False]
-    if len(given) > 1:
-        raise click.UsageError("give one change at a time: " + " and ".join(given)
-                               + " were given")
     opts = CreateOptions(
         commit=commit if commit is not None else git_commit,
         patch=kw["patch"], diffext=kw["diffext"], prebuild=kw["prebuild"],
@@ -141,6 +136,9 @@ def _run_create(commit: str | None, source: str | None = None, **kw) -> None:
         skip_prebuild=kw["skip_prebuild"], patch_opts=list(kw["patch_opts"]),
         output=kw["output"], as_json=kw["as_json"], wait=kw["wait"], source=source,
         allow_layout_change=kw["allow_layout_change"])
+    problem = one_change_at_a_time(opts.modes())
+    if problem:
+        raise click.UsageError(problem)
     sys.exit(run(opts))
 
 

@@ -1,17 +1,26 @@
-"""Reading a file that may be anything: a regular file only, and a bounded part of it.
+"""Files read from anywhere and files written whole.
+
+Reading a file that may be anything: a regular file only, and a bounded part of it.
 
 Every path git-ksplice reads on the user's word or from a tree it is given (a patch, a file
 of a --diffext change, an object for diff-object, an update's tarball) may be a FIFO (the
 read would hang), a device (/dev/zero would fill memory) or a directory. It is opened with
 O_NONBLOCK, so that opening a FIFO returns at once, and checked with fstat on the open
 descriptor, so that what is read is what was checked.
+
+Writing: every file git-ksplice keeps (a state file, a job, the hook, a tarball) is replaced
+whole, through a temporary file in the same directory and a rename, so that a reader (or a
+run killed mid-write) never sees half of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
+import tempfile
+from pathlib import Path
 from typing import BinaryIO
 
 from git_ksplice.errors import InputError
@@ -77,3 +86,33 @@ def _kind(mode: int) -> str:
         if test(mode):
             return kind
     return "a special file"
+
+
+def replace_file(path: str | os.PathLike[str], data: bytes | str, *, mode: int | None = None,
+                 durable: bool = False) -> None:
+    """Write `path` whole: a temporary file of a unique name beside it, then a rename. `mode`
+    sets its permissions (default: 0666 less the umask, as open() would); `durable` fsyncs
+    before the rename, so that a full disk says so here rather than on a later close (for
+    files the user keeps: a tarball). The directory must exist. An OSError reaches the
+    caller, and no temporary file is left behind."""
+    target = Path(path)
+    raw = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, _default_mode() if mode is None else mode)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask

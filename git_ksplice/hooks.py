@@ -7,8 +7,8 @@ push received by a bare repository), so it is the only one that cannot miss a mo
 for every ref update of every command, twice, so our block does nothing unless the
 transaction is `committed`, and then compares the watched refs with what the last run saw in
 the shell (three `git` calls); only when they differ does it start `notify`, which queues and
-returns, never builds. This module imports nothing but the standard library, for the same
-reason.
+returns, never builds. This module and what it imports need nothing but the standard
+library until an object is read (pygit2 is imported late, see repo.py), for the same reason.
 
 The queue lives in the common git dir (`ksplice/hook/`): one JSON file per job, named by its
 sequence number, so the order is the order the commits landed and a commit is queued once.
@@ -25,10 +25,8 @@ import fcntl
 import json
 import os
 import re
-import secrets
 import signal
 import site
-import string
 import subprocess
 import sys
 import time
@@ -36,6 +34,12 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TextIO
+
+from git_ksplice.errors import EXIT_NO_CHANGE, EXIT_OK, EXIT_REFUSED
+from git_ksplice.files import replace_file
+from git_ksplice.package import new_update_id
+from git_ksplice.repo import REF_PRE, GitError, Repo, clean_environment
+from git_ksplice.settings import read_hook_settings
 
 HOOK_NAME = "reference-transaction"
 BEGIN = ("# >>> git-ksplice: added by `git ksplice hook install`; "
@@ -45,9 +49,6 @@ END = "# <<< git-ksplice"
 WORKER_ENV = "GIT_KSPLICE_HOOK_WORKER"
 SCHEMA = 1
 
-#: At most this many commits arriving at once are built one by one (ksplice.hookLimit; 0: no
-#: limit); beyond it only the last.
-DEFAULT_LIMIT = 32
 #: A for-each-ref pattern that matches no ref (see Queue.save_fast_path).
 _NO_REF = "refs/ksplice/hook/no-such-ref"
 #: queued -> running -> built | no-change | refused | failed | skipped; queued -> cancelled;
@@ -55,13 +56,6 @@ _NO_REF = "refs/ksplice/hook/no-such-ref"
 STATES = ("queued", "running", "built", "no-change", "refused", "failed", "skipped",
           "cancelled")
 
-#: What ties a process to the git command that ran the hook; the worker must not inherit it
-#: (a `git -c ksplice.series=true commit` is not a setting of the background builds).
-_LOCAL_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_PREFIX", "GIT_COMMON_DIR",
-              "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-              "GIT_QUARANTINE_PATH", "GIT_REFLOG_ACTION", "GIT_EXEC_PATH_ORIG",
-              "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT", "GIT_NAMESPACE")
-_LOCAL_ENV_PREFIXES = ("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_", "GIT_PUSH_OPTION")
 
 
 @dataclass
@@ -95,14 +89,6 @@ class Job:
         d.pop("cwd")
         d.pop("git_env")
         return d
-
-
-def _git(*args: str, cwd: str | Path | None = None, env: dict[str, str] | None = None,
-         check: bool = True) -> str:
-    r = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)}: {r.stderr.strip()}")
-    return r.stdout if r.returncode == 0 else ""
 
 
 def _candidates(value: str) -> list[str]:
@@ -168,11 +154,9 @@ def _glob(pattern: str) -> re.Pattern[str]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Replace a file whole (rename), so that a reader never sees half of it."""
+    """Replace a file whole, so that a reader never sees half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    replace_file(path, text)
 
 
 class Queue:
@@ -293,49 +277,10 @@ class Queue:
 # -- the repository, as the hook sees it ---------------------------------------------------------
 
 
-def _common_dir(cwd: str) -> Path:
-    out = _git("rev-parse", "--path-format=absolute", "--git-common-dir", cwd=cwd).strip()
-    return Path(out)
-
-
-def _config_all(key: str, cwd: str) -> list[str]:
-    return _git("config", "--get-all", key, cwd=cwd, check=False).splitlines()
-
-
-def _config_bool(key: str, cwd: str) -> bool:
-    return _git("config", "--type=bool", "--get", key, cwd=cwd, check=False).strip() == "true"
-
-
-def _config_int(key: str, cwd: str, default: int) -> int:
-    text = _git("config", "--type=int", "--get", key, cwd=cwd, check=False).strip()
-    return int(text) if text else default
-
-
-def _ref_tips(cwd: str, values: list[str]) -> dict[str, str]:
+def _ref_tips(repo: Repo, values: list[str]) -> dict[str, str]:
     """Where the refs `ksplice.watch` may name are: the same listing as the hook's shell
     line makes (see Queue.save_fast_path)."""
-    out = _git("for-each-ref", "--format=%(objectname) %(refname)", _NO_REF,
-               *ref_patterns(values), cwd=cwd)
-    return {ref: oid for oid, ref in (line.split(" ", 1) for line in out.splitlines())}
-
-
-def is_ancestor(a: str, b: str, cwd: str, env: dict[str, str] | None = None) -> bool:
-    return subprocess.run(["git", "merge-base", "--is-ancestor", a, b], cwd=cwd, env=env,
-                          capture_output=True).returncode == 0
-
-
-def new_update_id() -> str:
-    alphabet = string.ascii_lowercase + string.digits
-    return "".join(secrets.choice(alphabet) for _ in range(8))
-
-
-def _first_parent_commits(cwd: str, new: str, exclude: list[str]) -> list[str]:
-    """The commits as they landed on a branch, oldest first: a merge is one commit (its
-    update is everything the merge brought), the side branch's own commits are not."""
-    args = ["rev-list", "--first-parent", "--reverse", new]
-    if exclude:
-        args += ["--not", *exclude]
-    return _git(*args, cwd=cwd).split()
+    return repo.ref_tips([_NO_REF, *ref_patterns(values)])
 
 
 def enqueue(cwd: str, env: dict[str, str] | None = None,
@@ -344,20 +289,18 @@ def enqueue(cwd: str, env: dict[str, str] | None = None,
     Returns the new jobs; what the user should know besides goes to `notes`."""
     notes = [] if notes is None else notes
     env = dict(os.environ if env is None else env)
-    values = _config_all("ksplice.watch", cwd)
-    queue = Queue(_common_dir(cwd))
-    series = _config_bool("ksplice.hookSeries", cwd)
-    limit = _config_int("ksplice.hookLimit", cwd, DEFAULT_LIMIT)
+    repo = Repo.discover(cwd)
+    settings = read_hook_settings(repo)
+    queue = Queue(repo.common_dir)
     git_env = {k: str(Path(cwd, env[k]).resolve()) for k in ("GIT_DIR", "GIT_WORK_TREE")
                if env.get(k)}
-    new_jobs: list[Job] = []
     with queue.locked():
         # The tips are read under the lock: two hooks running at once must not let the one
         # that read first put back an older tip than the other recorded.
-        tips_now = _ref_tips(cwd, values)
-        refs = watched_refs(values, set(tips_now))
-        queue.save_fast_path(values, tips_now)
-        if not values:
+        tips_now = _ref_tips(repo, settings.watch)
+        refs = watched_refs(settings.watch, set(tips_now))
+        queue.save_fast_path(settings.watch, tips_now)
+        if not settings.watch:
             return []
         seen = queue.tips()
         if seen is None:
@@ -370,70 +313,81 @@ def enqueue(cwd: str, env: dict[str, str] | None = None,
             return []
         if all(seen.get(r) == tips_now.get(r) for r in refs):
             return []
-        jobs = queue.jobs()
-        known = {j.commit for j in jobs}
-        seq = queue.last_seq()
-        pre = _git("rev-parse", "--verify", "-q", "refs/ksplice/pre", cwd=cwd,
-                   check=False).strip()
+        new_jobs: list[Job] = []
+        known = {j.commit for j in queue.jobs()}
+        pre = repo.ref(REF_PRE)
         for ref in refs:
             old, new = seen.get(ref), tips_now.get(ref)
             if new is None:
                 seen.pop(ref, None)
                 continue
-            if old == new:
-                continue
-            if old is None:
-                # First sight of this ref: what it has beyond the running kernel's source, if
-                # it builds on it; otherwise nothing (we do not build unrelated history).
-                if not pre or not is_ancestor(pre, new, cwd):
-                    notes.append(f"{ref} is watched and now exists, but "
-                                 + ("refs/ksplice/pre does not" if not pre else
-                                    "it does not build on refs/ksplice/pre")
-                                 + ": nothing queued for what it holds; its next commits "
-                                 "will be")
-                    seen[ref] = new
-                    continue
-                commits = _first_parent_commits(cwd, new, [pre])
-            else:
-                try:
-                    commits = _first_parent_commits(cwd, new, [old] + ([pre] if pre else []))
-                except RuntimeError:  # the old tip is gone (rewritten and pruned)
-                    commits = _first_parent_commits(cwd, new, [pre] if pre else [])[-1:]
-            commits = [c for c in commits if c not in known]
-            note = None
-            if limit and len(commits) > limit:
-                # A pull of a stable release brings hundreds of commits: one update of the
-                # tip holds all their changes; hundreds of builds would help nobody.
-                note = (f"{len(commits)} commits arrived at once (ksplice.hookLimit is "
-                        f"{limit}): only the last is built, with all of their changes")
-                commits = commits[-1:]
-            for commit in commits:
-                seq += 1
-                subject = _git("log", "-1", "--format=%s", commit, cwd=cwd).strip()
-                uid = new_update_id()
-                job = Job(seq=seq, id=uid, ref=ref, commit=commit, subject=subject,
-                          series=series, queued_at=time.time(),
-                          log=queue.log_path(seq, uid), cwd=str(Path(cwd).resolve()),
-                          git_env=git_env, note=note)
-                queue.save(job)
-                known.add(commit)
-                new_jobs.append(job)
+            if old != new:
+                commits = [c for c in _landed(repo, ref, old, new, pre, notes)
+                           if c not in known]
+                template = Job(seq=0, id="", ref=ref, commit="", subject="",
+                               series=settings.series, cwd=str(Path(cwd).resolve()),
+                               git_env=git_env)
+                new_jobs += _queue_commits(repo, queue, template, commits, settings.limit)
+                known.update(commits)
             seen[ref] = new
         queue.save_tips(seen)
     return new_jobs
 
 
-def queue_prebuild(cwd: str, pre: str) -> Job:
+def _landed(repo: Repo, ref: str, old: str | None, new: str, pre: str | None,
+            notes: list[str]) -> list[str]:
+    """The commits that landed on `ref` moving from `old` to `new`, oldest first."""
+    if old is None:
+        # First sight of this ref: what it has beyond the running kernel's source, if it
+        # builds on it; otherwise nothing (we do not build unrelated history).
+        if not pre or not repo.is_ancestor(pre, new):
+            notes.append(f"{ref} is watched and now exists, but "
+                         + ("refs/ksplice/pre does not" if not pre else
+                            "it does not build on refs/ksplice/pre")
+                         + ": nothing queued for what it holds; its next commits will be")
+            return []
+        return repo.first_parent_commits(new, [pre])
+    try:
+        return repo.first_parent_commits(new, [old] + ([pre] if pre else []))
+    except GitError:  # the old tip is gone (rewritten and pruned)
+        return repo.first_parent_commits(new, [pre] if pre else [])[-1:]
+
+
+def _queue_commits(repo: Repo, queue: Queue, template: Job, commits: list[str],
+                   limit: int) -> list[Job]:
+    """A job per commit, like `template`; beyond `limit` commits only the last, which holds
+    all their changes. Called with the queue locked."""
+    note = None
+    if limit and len(commits) > limit:
+        # A pull of a stable release brings hundreds of commits: one update of the tip holds
+        # all their changes; hundreds of builds would help nobody.
+        note = (f"{len(commits)} commits arrived at once (ksplice.hookLimit is {limit}): "
+                "only the last is built, with all of their changes")
+        commits = commits[-1:]
+    jobs = []
+    seq = queue.last_seq()
+    for commit in commits:
+        seq += 1
+        uid = new_update_id()
+        job = Job(**{**asdict(template), "seq": seq, "id": uid, "commit": commit,
+                     "subject": repo.commit_subject(commit), "queued_at": time.time(),
+                     "log": queue.log_path(seq, uid), "note": note})
+        queue.save(job)
+        jobs.append(job)
+    return jobs
+
+
+def queue_prebuild(repo: Repo, cwd: str, pre: str) -> Job:
     """A job that builds the pristine tree of refs/ksplice/pre, so that the first commit's
     update does not wait for a whole kernel build."""
-    queue = Queue(_common_dir(cwd))
+    queue = Queue(repo.common_dir)
     with queue.locked():
         for j in queue.jobs():  # installed twice: one warm-up is enough
             if j.kind == "prebuild" and j.commit == pre and j.state in ("queued", "running"):
                 return j
         seq = queue.last_seq() + 1
         uid = f"prebuild_{seq}"
-        job = Job(seq=seq, id=uid, ref="refs/ksplice/pre", commit=pre,
+        job = Job(seq=seq, id=uid, ref=REF_PRE, commit=pre,
                   subject="warm the pristine build", series=False, queued_at=time.time(),
                   log=queue.log_path(seq, uid), cwd=str(Path(cwd).resolve()),
                   kind="prebuild")
@@ -442,12 +396,12 @@ def queue_prebuild(cwd: str, pre: str) -> Job:
     return job
 
 
-def record_tips(cwd: str) -> dict[str, str]:
+def record_tips(repo: Repo) -> dict[str, str]:
     """Remember the watched refs where they are now: what is already there is not built."""
-    queue = Queue(_common_dir(cwd))
-    values = _config_all("ksplice.watch", cwd)
+    queue = Queue(repo.common_dir)
+    values = read_hook_settings(repo).watch
     with queue.locked():
-        tips_now = _ref_tips(cwd, values)
+        tips_now = _ref_tips(repo, values)
         refs = watched_refs(values, set(tips_now))
         tips = {r: tips_now[r] for r in refs if r in tips_now}
         queue.save_tips(tips)
@@ -461,8 +415,7 @@ def record_tips(cwd: str) -> dict[str, str]:
 def _python_env() -> dict[str, str]:
     """The environment of a git-ksplice process started from a hook: the user's, without
     what ties it to the git command that ran the hook."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in _LOCAL_ENV and not k.startswith(_LOCAL_ENV_PREFIXES)}
+    env = clean_environment(drop_settings=True)
     env[WORKER_ENV] = "1"
     return env
 
@@ -585,10 +538,10 @@ def run_job(queue: Queue, job: Job) -> None:
                   f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         log.flush()
         skip = None
+        repo = Repo.at_common_dir(queue.common_dir)
         if job.series:
-            pre = _git("rev-parse", "--verify", "-q", "refs/ksplice/pre", cwd=cwd, env=env,
-                       check=False).strip()
-            if pre and is_ancestor(job.commit, pre, cwd, env):
+            pre = repo.ref(REF_PRE)
+            if pre and repo.is_ancestor(job.commit, pre):
                 skip = ("already in refs/ksplice/pre: an update built after it includes "
                         "its change")
         if skip:
@@ -615,11 +568,11 @@ def run_job(queue: Queue, job: Job) -> None:
                 doc = json.loads(stdout)
             reason = (doc.get("message") or "") + (f"\nhint: {doc['hint']}"
                                                     if doc.get("hint") else "")
-            if code == 0:
+            if code == EXIT_OK:
                 state, tarball = "built", doc.get("tarball")
-            elif code == 66:
+            elif code == EXIT_NO_CHANGE:
                 state, message = "no-change", "the commit changes no compiled code"
-            elif code == 65:  # not a failure to retry: the change cannot be applied live
+            elif code == EXIT_REFUSED:  # not a failure to retry: the change cannot be applied live
                 state, message = "refused", reason or "refused; see the log"
             else:
                 message = reason or f"git ksplice create exited with {code}; see the log"
@@ -633,7 +586,7 @@ def run_job(queue: Queue, job: Job) -> None:
             # (refs/ksplice/pre did not move past them), so there is nothing left to retry.
             for other in queue.jobs():
                 if other.state == "failed" and other.series and other.seq < job.seq and \
-                        is_ancestor(other.commit, job.commit, cwd, env):
+                        repo.is_ancestor(other.commit, job.commit):
                     other.state = "skipped"
                     other.message = (f"superseded by update {job.id}, which carries its "
                                      "change")
@@ -694,7 +647,7 @@ def notify(marker: str | None = None) -> int:
         os.setsid()  # no terminal to hang up on it
     try:
         cwd = os.getcwd()
-        queue = Queue(_common_dir(cwd))
+        queue = Queue(Repo.discover(cwd).common_dir)
         queue.logs_dir.mkdir(parents=True, exist_ok=True)
         with open(queue.worker_log, "a") as log, contextlib.redirect_stdout(log):
             try:

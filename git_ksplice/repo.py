@@ -9,6 +9,10 @@ which needs no index or working tree, so the user's HEAD, index and files are ne
 
 Build worktrees are our own (`git worktree add --detach`), and every git command run inside
 them gets a scrubbed environment and no hooks: the user's hooks are for the user's trees.
+
+This module is the only one that runs git or calls pygit2. pygit2 is imported when an object
+is first read or written, not with the module: the hook's background queueing only lists
+refs and reads settings, and starts faster without it.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import pygit2
+from typing import TYPE_CHECKING
 
 from git_ksplice.errors import ConcurrencyError, InputError, KspliceError
+
+if TYPE_CHECKING:
+    import pygit2
 
 ZERO_OID = "0" * 40
 REF_PRE = "refs/ksplice/pre"
@@ -37,12 +43,46 @@ REF_TMP = "refs/ksplice/tmp/"
 TOOL_NAME = "git-ksplice"
 TOOL_EMAIL = "git-ksplice@localhost"
 
-# Variables that tie a git process to one repository or worktree; commands run in our build
-# worktrees must not inherit the user's (a hook's relative GIT_INDEX_FILE, GIT_DIR...).
-_LOCAL_ENV = ("GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_CONFIG", "GIT_OBJECT_DIRECTORY",
-              "GIT_DIR", "GIT_WORK_TREE", "GIT_IMPLICIT_WORK_TREE", "GIT_GRAFT_FILE",
-              "GIT_INDEX_FILE", "GIT_NO_REPLACE_OBJECTS", "GIT_REPLACE_REF_BASE",
-              "GIT_PREFIX", "GIT_INTERNAL_SUPER_PREFIX", "GIT_SHALLOW_FILE", "GIT_COMMON_DIR")
+#: Variables that tie a git process to one repository, worktree or running git command.
+#: Commands run in our build worktrees must not inherit the user's (a hook's relative
+#: GIT_INDEX_FILE, GIT_DIR...), nor must the hook's background worker (it serves the
+#: repository, not the command that queued the build).
+LOCAL_ENV = ("GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_CONFIG", "GIT_OBJECT_DIRECTORY",
+             "GIT_DIR", "GIT_WORK_TREE", "GIT_IMPLICIT_WORK_TREE", "GIT_GRAFT_FILE",
+             "GIT_INDEX_FILE", "GIT_NO_REPLACE_OBJECTS", "GIT_REPLACE_REF_BASE",
+             "GIT_PREFIX", "GIT_INTERNAL_SUPER_PREFIX", "GIT_SHALLOW_FILE", "GIT_COMMON_DIR",
+             "GIT_QUARANTINE_PATH", "GIT_REFLOG_ACTION", "GIT_EXEC_PATH_ORIG",
+             "GIT_NAMESPACE")
+#: The settings one git command was given (`git -c`, GIT_CONFIG_COUNT...): a build in our
+#: own worktree keeps them (the user ran it), the hook's worker does not (`git -c
+#: ksplice.series=true commit` is not a setting of the background builds).
+COMMAND_SETTINGS_ENV = ("GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT")
+COMMAND_SETTINGS_PREFIXES = ("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_", "GIT_PUSH_OPTION")
+
+
+def clean_environment(env: dict[str, str] | None = None, *,
+                      drop_settings: bool = False) -> dict[str, str]:
+    """`env` (default: this process's) without what ties a process to a repository or to
+    the git command that started it; with `drop_settings`, without that command's `-c`
+    settings too."""
+    source = os.environ if env is None else env
+    out = {k: v for k, v in source.items() if k not in LOCAL_ENV}
+    if drop_settings:
+        out = {k: v for k, v in out.items() if k not in COMMAND_SETTINGS_ENV
+               and not k.startswith(COMMAND_SETTINGS_PREFIXES)}
+    return out
+
+
+def user_config(key: str, *, type: str | None = None) -> str | None:
+    """A setting read outside any repository (the user's and the system's configuration,
+    and `git -c`): for commands that need no repository (`try`)."""
+    args = ["git", "config", *([f"--type={type}"] if type else []), "--get", key]
+    r = subprocess.run(args, capture_output=True, text=True)
+    if r.returncode == 1:
+        return None
+    if r.returncode != 0:
+        raise _bad_setting(key, r.stderr)
+    return r.stdout.rstrip("\n")
 
 
 class GitError(KspliceError):
@@ -104,10 +144,8 @@ class Repo:
             isolated: bool = False) -> subprocess.CompletedProcess:
         """Run git on this repository. `isolated` runs it for one of our own worktrees (or
         on the object store alone): scrubbed environment, no hooks."""
-        full_env = dict(os.environ)
+        full_env = clean_environment() if isolated else dict(os.environ)
         if isolated:
-            for k in _LOCAL_ENV:
-                full_env.pop(k, None)
             cmd = ["git", "-c", "core.hooksPath=/dev/null"]
             if cwd is None:
                 cmd += [f"--git-dir={self.common_dir}"]
@@ -126,9 +164,24 @@ class Repo:
             raise GitError(f"git {' '.join(args)} failed: {err.strip()}")
         return r
 
+    @classmethod
+    def at_common_dir(cls, common_dir: Path) -> Repo:
+        """The repository whose common git dir is `common_dir`, without asking git: for the
+        hook's worker, which knows it and runs from no worktree. Refs, objects and
+        settings; no working tree."""
+        return cls(common_dir, common_dir, None)
+
+    def git_here(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run git as the user would in this repository (from its top, or its git dir when
+        bare): for what git resolves relative to where it runs (`core.hooksPath`,
+        `rev-parse --git-path`), and for settings written where the user's are."""
+        return self.git(*args, cwd=self.toplevel or self.git_dir, check=check)
+
     @property
     def pygit(self) -> pygit2.Repository:
         if self._pygit is None:
+            import pygit2
+
             try:
                 self._pygit = pygit2.Repository(str(self.common_dir))
             except pygit2.GitError as e:
@@ -150,6 +203,34 @@ class Repo:
         if r.returncode != 0:
             raise _bad_setting(key, r.stderr)
         return r.stdout.rstrip("\n")
+
+    def set_config(self, key: str, values: list[str]) -> None:
+        """Replace every value of `key` with `values` (none: remove it), in the repository's
+        own configuration."""
+        self.git_here("config", "--unset-all", key, check=False)
+        for v in values:
+            self.git_here("config", "--add", key, v)
+
+    def config_origin(self, key: str) -> str | None:
+        """The file (or `command line`) a setting comes from, as `--show-origin` names it."""
+        r = self.git_here("config", "--show-origin", "--get", key, check=False)
+        if r.returncode != 0 or not r.stdout.strip():
+            return None
+        return r.stdout.split("\t", 1)[0].removeprefix("file:")
+
+    def git_path(self, name: str) -> Path:
+        """Where git keeps `name` for this repository (`hooks/X` honours core.hooksPath)."""
+        out = self.git_here("rev-parse", "--path-format=absolute", "--git-path", name).stdout
+        return Path(out.strip())
+
+    def git_version(self) -> tuple[int, int] | None:
+        """git's version (major, minor), or None when it says something unexpected."""
+        words = self.git("version").stdout.split()
+        try:
+            major, minor = (int(x) for x in words[2].split(".")[:2])
+        except (IndexError, ValueError):
+            return None
+        return major, minor
 
     def gc_running(self) -> int | None:
         """The pid of a `git gc` working on this repository (from its gc.pid), or None. A
@@ -190,6 +271,33 @@ class Repo:
     def commit_message(self, oid: str) -> str:
         return self.pygit[oid].message
 
+    def first_parent(self, oid: str) -> str | None:
+        """The commit's first parent, or None for a root commit; its only parent is the
+        one that matters for whether a commit sits directly on another."""
+        parents = self.pygit[oid].parent_ids
+        return str(parents[0]) if parents else None
+
+    def parent_count(self, oid: str) -> int:
+        return len(self.pygit[oid].parent_ids)
+
+    def tree_of(self, commit: str) -> str:
+        return str(self.pygit[commit].tree_id)
+
+    def first_parent_commits(self, new: str, exclude: list[str]) -> list[str]:
+        """The commits as they landed on a branch up to `new`, oldest first, none reachable
+        from `exclude`: a merge is one commit, its side branch's own commits are not."""
+        args = ["rev-list", "--first-parent", "--reverse", new]
+        if exclude:
+            args += ["--not", *exclude]
+        return self.git(*args).stdout.split()
+
+    def changed_paths(self, old: str, new: str, patterns: tuple[str, ...]) -> list[str]:
+        """Paths matching `patterns` that differ between two commits (renames as a delete
+        and an add)."""
+        out = self.git("diff", "--name-only", "-z", "--no-renames", old, new, "--", *patterns,
+                       isolated=True).stdout
+        return [p for p in out.split("\0") if p]
+
     def diff_patch(self, old: str, new: str) -> str:
         return self.git("diff", "--no-color", "--no-ext-diff", "--binary", old, new,
                         isolated=True).stdout
@@ -198,6 +306,8 @@ class Repo:
         """The tree of commit `base` with `files` replaced (None: removed), in memory: no
         index file or working tree is involved. A Symlink is stored as git stores one (mode
         120000, its target as the blob); bytes are a regular file, executable if it was."""
+        import pygit2
+
         repo = self.pygit
         index = pygit2.Index()
         index.read_tree(repo[base].peel(pygit2.Tree))
@@ -222,6 +332,8 @@ class Repo:
     def tool_commit(self, tree: str, parent: str, message: str) -> str:
         """A commit made by git-ksplice itself: fixed author and date (the parent's), so the
         same change on the same base always gives the same commit."""
+        import pygit2
+
         parent_commit = self.pygit[parent]
         sig = pygit2.Signature(TOOL_NAME, TOOL_EMAIL, parent_commit.commit_time, 0)
         oid = self.pygit.create_commit(None, sig, sig, message, pygit2.Oid(hex=tree),
@@ -242,6 +354,8 @@ class Repo:
         return self.git(*args, input=message, env=env).stdout.strip()
 
     def write_tree_from_files(self, files: dict[str, bytes]) -> str:
+        import pygit2
+
         index = pygit2.Index()
         repo = self.pygit
         for path, data in sorted(files.items()):
@@ -249,7 +363,34 @@ class Repo:
                                         pygit2.enums.FileMode.BLOB))
         return str(index.write_tree(repo))
 
+    def read_bounded_blob(self, commit: str, path: str, limit: int,
+                          what: str = "a file") -> bytes | None:
+        """A file of `commit`, read only when it is a blob of at most `limit` bytes (its
+        type and size come from the object's header, before its bytes): for trees that
+        arrive with `git fetch` from anyone. None when there is no such file; InputError
+        when it is a directory or too large."""
+        import pygit2
+
+        entry = self._tree_entry(commit, path)
+        if entry is None:
+            return None
+        kind, size = self.pygit.odb.read_header(entry.id)
+        if kind != pygit2.enums.ObjectType.BLOB:
+            raise InputError(f"{path} is not a file")
+        if size > limit:
+            raise InputError(f"{path} is {size >> 20} MiB, more than {what} can be")
+        return entry.data  # type: ignore[union-attr]
+
+    def first_parent_chain(self, tip: str | None) -> Iterator[str]:
+        """`tip` and its first parents, newest first (a ledger's entries)."""
+        oid = tip
+        while oid:
+            yield oid
+            oid = self.first_parent(oid)
+
     def _tree_entry(self, commit: str, path: str) -> pygit2.Object | None:
+        import pygit2
+
         try:
             return self.pygit[commit].peel(pygit2.Tree)[path]
         except KeyError:
@@ -258,6 +399,8 @@ class Repo:
     def read_entry(self, commit: str, path: str) -> bytes | Symlink | None:
         """A file of `commit` as git stores it: a regular file's bytes, a symlink's target
         (never what it points at), None for no such file (or a directory, a submodule)."""
+        import pygit2
+
         entry = self._tree_entry(commit, path)
         if not isinstance(entry, pygit2.Blob):
             return None
@@ -266,9 +409,13 @@ class Repo:
         return entry.data
 
     def is_directory(self, commit: str, path: str) -> bool:
+        import pygit2
+
         return isinstance(self._tree_entry(commit, path), pygit2.Tree)
 
     def read_blob(self, commit: str, path: str) -> bytes | None:
+        import pygit2
+
         obj = self._tree_entry(commit, path)
         return obj.data if isinstance(obj, pygit2.Blob) else None
 
@@ -297,7 +444,26 @@ class Repo:
                 i += 1
         return out
 
+    def tracked_files(self, worktree: Path) -> set[str]:
+        """The files git tracks in one of our worktrees (what is not a build product)."""
+        out = self.git("ls-files", "-z", cwd=worktree, isolated=True).stdout
+        return set(out.split("\0")) - {""}
+
     # -- refs ----------------------------------------------------------------------------
+
+    def ref_tips(self, patterns: list[str]) -> dict[str, str]:
+        """ref -> object of every ref matching one of the for-each-ref `patterns` (none
+        given: none listed, never every ref)."""
+        if not patterns:
+            return {}
+        out = self.git("for-each-ref", "--format=%(objectname) %(refname)", *patterns).stdout
+        return {ref: oid for oid, ref in (line.split(" ", 1) for line in out.splitlines())}
+
+    def current_branch(self) -> str | None:
+        """The branch HEAD is on (short name), or None when detached or unborn."""
+        r = self.git_here("symbolic-ref", "-q", "--short", "HEAD", check=False)
+        return r.stdout.strip() or None
+
 
     def ref(self, name: str) -> str | None:
         r = self.git("rev-parse", "--verify", "--quiet", name, check=False)

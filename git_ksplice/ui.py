@@ -1,7 +1,9 @@
-"""The single rich console (stderr) and the rules for what is shown where.
+"""The consoles and the rules for what is shown where; the only module that draws.
 
-Human output goes to stderr through rich, plain when stderr is not a terminal; machine output
-(`--json`) is one document on stdout, so `git ksplice ... --json | jq` always works.
+Human output goes to stderr through rich (`console`), plain when stderr is not a terminal;
+listings meant for a pipe (`hook status`) go to stdout (`listing`); machine output (`--json`)
+is one document on stdout, so `git ksplice ... --json | jq` always works. `Phases` is the
+terminal's `progress.Reporter`.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from git_ksplice.words import count
+
 console = Console(stderr=True, highlight=False, soft_wrap=True)
+#: Listings a user pipes (`hook status | grep failed`), like `git status`: on stdout.
+listing = Console(highlight=False, soft_wrap=True)
 
-
-def count(n: int, noun: str, plural: str | None = None) -> str:
-    """`1 object`, `2 objects`, `0 objects`: every count the tool prints goes through here,
-    so none reads "1 objects". `plural` for nouns that do not just take an s."""
-    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+__all__ = ["Phases", "console", "count", "error", "print_json", "printable"]
 
 
 #: Characters an update's text must not send to a terminal raw: C0 controls but tab, newline

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 
 from rich.markup import escape
 from rich.table import Table
@@ -14,6 +12,7 @@ from git_ksplice.elf.diff import DiffResult, Options, diff_objects
 from git_ksplice.elf.model import read_object
 from git_ksplice.elf.writer import serialize
 from git_ksplice.errors import EXIT_NO_CHANGE, EXIT_OK, EXIT_REFUSED, InputError
+from git_ksplice.files import replace_file
 
 
 def parse_entry_sizes(values: tuple[str, ...]) -> dict[str, int]:
@@ -34,7 +33,7 @@ def run(orig: str, patched: str, *, output: str | None, as_json: bool, target: s
     written = None
     if output and res.result == "changed" and res.output is not None:
         data = serialize(res.output.sections, res.output.symbols)
-        _atomic_write(output, data)
+        _write_output(output, data)
         written = output
     if as_json:
         ui.print_json(res.as_json(written))
@@ -49,23 +48,11 @@ def run(orig: str, patched: str, *, output: str | None, as_json: bool, target: s
     return EXIT_OK
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
+def _write_output(path: str, data: bytes) -> None:
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ksplice-", suffix=".o")
+        replace_file(os.path.abspath(path), data)
     except OSError as e:
         raise InputError(f"cannot write {path}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _show(res: DiffResult, written: str | None) -> None:

@@ -9,25 +9,25 @@ uninstall removes that block and nothing else. The queue and the worker are in
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.markup import escape
 
 from git_ksplice import hooks, ui
-from git_ksplice.errors import EXIT_OK, InputError
+from git_ksplice.build import BuildTree
+from git_ksplice.errors import EXIT_OK, InputError, KspliceError
+from git_ksplice.files import replace_file
+from git_ksplice.origconfig import OrigConfig
 from git_ksplice.repo import REF_PRE, Repo
+from git_ksplice.settings import HookSettings, build_dir, orig_config_dir, read_hook_settings
 
 _SHELLS = ("sh", "bash", "dash", "ksh", "zsh", "ash", "busybox")
 
 
 def hook_path(repo: Repo) -> Path:
     """Where git runs the hook from: `core.hooksPath` or the common dir's hooks/."""
-    out = repo.git("rev-parse", "--path-format=absolute", "--git-path",
-                   f"hooks/{hooks.HOOK_NAME}", cwd=_cwd(repo)).stdout.strip()
-    return Path(out)
+    return repo.git_path(f"hooks/{hooks.HOOK_NAME}")
 
 
 def _cwd(repo: Repo) -> Path:
@@ -77,21 +77,13 @@ def _block_span(data: bytes) -> tuple[int, int] | None:
 def _write(path: Path, data: bytes, mode: int) -> None:
     """Replace the file's bytes whole (rename), through a symlink to where it points: a
     hook linked from a dotfiles repository stays a link."""
-    target = path.resolve() if path.is_symlink() else path
-    tmp = target.with_name(target.name + ".ksplice-tmp")
-    tmp.write_bytes(data)
-    tmp.chmod(mode)
-    tmp.replace(target)
+    replace_file(path.resolve() if path.is_symlink() else path, data, mode=mode)
 
 
 def _check_git_version(repo: Repo) -> None:
-    out = repo.git("version").stdout.split()
-    try:
-        version = tuple(int(x) for x in out[2].split(".")[:2])
-    except (IndexError, ValueError):
-        return
-    if version < MIN_GIT:
-        raise InputError(f"git {out[2]} is too old for the hook: it needs git "
+    version = repo.git_version()
+    if version is not None and version < MIN_GIT:
+        raise InputError(f"git {version[0]}.{version[1]} is too old for the hook: it needs git "
                          f"{MIN_GIT[0]}.{MIN_GIT[1]} or later (reference-transaction hook, "
                          "rev-parse --path-format)", hint="upgrade git, or run git ksplice "
                          "create by hand")
@@ -100,11 +92,9 @@ def _check_git_version(repo: Repo) -> None:
 def _shared_hooks_path(repo: Repo) -> str | None:
     """Where core.hooksPath comes from, when it is not this repository's own setting: the
     hook is then every repository's that uses it."""
-    r = repo.git("config", "--show-origin", "--get", "core.hooksPath", cwd=_cwd(repo),
-                 check=False)
-    if r.returncode != 0 or not r.stdout.strip():
+    origin = repo.config_origin("core.hooksPath")
+    if origin is None:
         return None
-    origin = r.stdout.split("\t", 1)[0].removeprefix("file:")
     local = {str(repo.common_dir / "config"), str(repo.git_dir / "config.worktree")}
     try:
         resolved = str(Path(_cwd(repo), origin).resolve())
@@ -114,110 +104,121 @@ def _shared_hooks_path(repo: Repo) -> str | None:
 
 
 def install(repo: Repo, branches: list[str], series: bool | None, as_json: bool) -> int:
-    cwd = str(_cwd(repo))
     _check_git_version(repo)
     path = hook_path(repo)
     data = path.read_bytes() if path.exists() else b""
     span = _block_span(data)
     if span is None and path.exists():
-        if not os.access(path, os.X_OK):
-            raise InputError(f"{path} exists but is not executable, so git does not run it",
-                             hint="make it executable (chmod +x) or remove it, then install "
-                                  "again")
-        if data and not _is_shell_script(data):
-            raise InputError(
-                f"{path} is not a shell script: git-ksplice can add itself only to shell "
-                "hooks", hint="add these lines to your hook yourself, where they run for "
-                "every call, with the hook's arguments:\n" + _block().decode())
-
-    if branches:
-        repo.git("config", "--unset-all", "ksplice.watch", cwd=_cwd(repo), check=False)
-        for b in branches:
-            repo.git("config", "--add", "ksplice.watch", b, cwd=_cwd(repo))
-    elif not _watch_values(repo):
-        head = repo.git("symbolic-ref", "-q", "--short", "HEAD", cwd=_cwd(repo),
-                        check=False).stdout.strip()
-        if not head:
-            raise InputError("HEAD is not on a branch: which branch should be watched?",
-                             hint="git ksplice hook install --branch BRANCH")
-        repo.git("config", "--add", "ksplice.watch", head, cwd=_cwd(repo))
-    if series is not None:
-        repo.git("config", "--type=bool", "ksplice.hookSeries", str(series).lower(),
-                 cwd=_cwd(repo))
-
-    if span is None:
-        if path.exists():
-            # After the #! line: the block runs even if the user's script exits early, and
-            # it reads nothing from stdin, which stays the user's script's. Every other byte
-            # of the file stays as it is, so uninstall can give it back exactly.
-            if data.startswith(b"#!"):
-                nl = data.find(b"\n")
-                head, rest = (data, b"") if nl < 0 else (data[:nl + 1], data[nl + 1:])
-                if not head.endswith(b"\n"):
-                    raise InputError(f"{path} is one line without a newline at its end",
-                                     hint="end it with a newline, then install again")
-                new = head + _block() + rest
-            else:
-                new = _block() + data
-            _write(path, new, path.stat().st_mode & 0o7777)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _write(path, b"#!/bin/sh\n" + _block(created=True), 0o755)
-    else:
-        # Already there: refresh it (the interpreter may have moved).
-        created = _CREATED in data[span[0]:span[1]]
-        new = data[:span[0]] + _block(created) + data[span[1]:]
-        if new != data:
-            _write(path, new, path.stat().st_mode & 0o7777)
+        _check_ours_to_edit(path, data)
+    _configure(repo, branches, series)
+    _write_block(path, data, span)
     shared = _shared_hooks_path(repo)
     if shared:
         ui.console.print("[yellow]note:[/] " + escape(
             f"core.hooksPath is set in {shared}: the hook in {path.parent} runs for every "
             "repository that uses it (those without ksplice.watch only pay its shell check)"))
-
-    pre = repo.ref(REF_PRE)
-    watch = hooks.watched_refs(_watch_values(repo), set(repo.refs("refs/")))
+    settings = read_hook_settings(repo)
+    watch = hooks.watched_refs(_watch_values(settings), set(repo.refs("refs/")))
     missing = [r for r in watch if repo.ref(r) is None]
-    present = [r for r in watch if r not in missing]
-    if pre is None and present:
-        # Otherwise `create` would take HEAD on first use: in a hook, the new commit itself.
-        tip = repo.ref(present[0])
-        assert tip is not None
-        repo.update_ref(REF_PRE, tip, None, f"ksplice hook install: {present[0]}")
-        pre = tip
-        ui.console.print(f"refs/ksplice/pre created at {present[0]} ({tip[:12]}): the running "
-                         "kernel's source (move it with `git update-ref refs/ksplice/pre "
-                         "COMMIT` if it is not)", markup=False)
+    pre = _start_pre(repo, [r for r in watch if r not in missing])
     usable = _warn_without_orig_config(repo)
-    tips = hooks.record_tips(cwd)
+    tips = hooks.record_tips(repo)
     warming = None
     if usable and pre is not None and not _pristine_built(repo, pre):
-        warming = hooks.queue_prebuild(cwd, pre)
+        warming = hooks.queue_prebuild(repo, str(_cwd(repo)), pre)
         ui.console.print(f"building the pristine tree of refs/ksplice/pre ({pre[:12]}) in "
                          "the background now, so the first update does not wait for it "
                          f"(log {warming.log})", markup=False)
-    series_on = repo.config("ksplice.hookSeries", type="bool") == "true"
     if as_json:
         ui.print_json({"schema": hooks.SCHEMA, "hook": str(path), "watch": watch,
-                       "series": series_on, "tips": tips,
+                       "series": settings.series, "tips": tips,
                        "prebuild": warming.public() if warming else None})
     else:
         ui.console.print(f"installed {path}: watching {', '.join(watch)}"
-                         + (" (--series)" if series_on else ""), markup=False)
+                         + (" (--series)" if settings.series else ""), markup=False)
         for r in missing:
             ui.console.print(f"  {r} does not exist yet: its first commits beyond "
                              "refs/ksplice/pre will be built when it appears", markup=False)
     return EXIT_OK
 
 
+def _check_ours_to_edit(path: Path, data: bytes) -> None:
+    """A hook the user already has: git must be running it, and it must be a shell script
+    for our block to run inside it."""
+    if not os.access(path, os.X_OK):
+        raise InputError(f"{path} exists but is not executable, so git does not run it",
+                         hint="make it executable (chmod +x) or remove it, then install "
+                              "again")
+    if data and not _is_shell_script(data):
+        raise InputError(
+            f"{path} is not a shell script: git-ksplice can add itself only to shell "
+            "hooks", hint="add these lines to your hook yourself, where they run for "
+            "every call, with the hook's arguments:\n" + _block().decode())
+
+
+def _configure(repo: Repo, branches: list[str], series: bool | None) -> None:
+    """ksplice.watch (--branch, else what is set, else the current branch) and
+    ksplice.hookSeries."""
+    if branches:
+        repo.set_config("ksplice.watch", branches)
+    elif not _watch_values(read_hook_settings(repo)):
+        head = repo.current_branch()
+        if not head:
+            raise InputError("HEAD is not on a branch: which branch should be watched?",
+                             hint="git ksplice hook install --branch BRANCH")
+        repo.set_config("ksplice.watch", [head])
+    if series is not None:
+        repo.set_config("ksplice.hookSeries", [str(series).lower()])
+
+
+def _write_block(path: Path, data: bytes, span: tuple[int, int] | None) -> None:
+    """Our block into the hook: a new file, after the #! line of the user's, or refreshed
+    where it is (the interpreter may have moved)."""
+    if span is not None:
+        created = _CREATED in data[span[0]:span[1]]
+        new = data[:span[0]] + _block(created) + data[span[1]:]
+        if new != data:
+            _write(path, new, path.stat().st_mode & 0o7777)
+        return
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write(path, b"#!/bin/sh\n" + _block(created=True), 0o755)
+        return
+    # After the #! line: the block runs even if the user's script exits early, and it reads
+    # nothing from stdin, which stays the user's script's. Every other byte of the file
+    # stays as it is, so uninstall can give it back exactly.
+    if data.startswith(b"#!"):
+        nl = data.find(b"\n")
+        head, rest = (data, b"") if nl < 0 else (data[:nl + 1], data[nl + 1:])
+        if not head.endswith(b"\n"):
+            raise InputError(f"{path} is one line without a newline at its end",
+                             hint="end it with a newline, then install again")
+        new = head + _block() + rest
+    else:
+        new = _block() + data
+    _write(path, new, path.stat().st_mode & 0o7777)
+
+
+def _start_pre(repo: Repo, present: list[str]) -> str | None:
+    """refs/ksplice/pre, created at the first watched branch when it does not exist:
+    otherwise `create` would take HEAD on first use, in a hook the new commit itself."""
+    pre = repo.ref(REF_PRE)
+    if pre is not None or not present:
+        return pre
+    tip = repo.ref(present[0])
+    assert tip is not None
+    repo.update_ref(REF_PRE, tip, None, f"ksplice hook install: {present[0]}")
+    ui.console.print(f"refs/ksplice/pre created at {present[0]} ({tip[:12]}): the running "
+                     "kernel's source (move it with `git update-ref refs/ksplice/pre "
+                     "COMMIT` if it is not)", markup=False)
+    return tip
+
+
 def _warn_without_orig_config(repo: Repo) -> bool:
     """Every background build would fail without ORIG_CONFIG: say so now, not in a log.
     True when it is there."""
-    from git_ksplice.commands.create import CreateOptions, find_orig_config
-    from git_ksplice.errors import KspliceError
-
     try:
-        find_orig_config(repo, CreateOptions(cwd=str(_cwd(repo))))
+        OrigConfig(orig_config_dir(repo, None, str(_cwd(repo)))).check()
     except KspliceError as e:
         ui.console.print("[yellow]warning:[/] " + escape(
             f"the builds will fail until this is fixed: {e.message}"
@@ -227,14 +228,12 @@ def _warn_without_orig_config(repo: Repo) -> bool:
 
 
 def _pristine_built(repo: Repo, pre: str) -> bool:
-    from git_ksplice.build import BuildTree
-
-    st = BuildTree(repo).state()
+    st = BuildTree(repo, build_dir(repo)).state()
     return st.get("phase") == "pristine" and st.get("pre") == pre
 
 
-def _watch_values(repo: Repo) -> list[str]:
-    return [v for v in repo.config_all("ksplice.watch") if v.strip()]
+def _watch_values(settings: HookSettings) -> list[str]:
+    return [v for v in settings.watch if v.strip()]
 
 
 def uninstall(repo: Repo, as_json: bool) -> int:
@@ -257,7 +256,7 @@ def uninstall(repo: Repo, as_json: bool) -> int:
                     f"core.hooksPath is set in {shared}: the hook is gone for every "
                     "repository that uses it"))
     for key in ("ksplice.watch", "ksplice.hookSeries"):
-        repo.git("config", "--unset-all", key, cwd=_cwd(repo), check=False)
+        repo.set_config(key, [])
     queue = hooks.Queue(repo.common_dir)
     running = queue.worker_running()
     if as_json:
@@ -284,8 +283,9 @@ def status(repo: Repo, as_json: bool, show_all: bool = False) -> int:
     queue = hooks.Queue(repo.common_dir)
     path = hook_path(repo)
     installed = path.exists() and _block_span(path.read_bytes()) is not None
-    watch = hooks.watched_refs(_watch_values(repo), set(repo.refs("refs/")))
-    series_on = repo.config("ksplice.hookSeries", type="bool") == "true"
+    settings = read_hook_settings(repo)
+    watch = hooks.watched_refs(_watch_values(settings), set(repo.refs("refs/")))
+    series_on = settings.series
     worker = queue.worker_running()
     notifying = queue.notifying()
     jobs = queue.jobs()
@@ -302,7 +302,7 @@ def status(repo: Repo, as_json: bool, show_all: bool = False) -> int:
                        "notifying": notifying, "jobs": [j.public() for j in jobs]})
         return EXIT_OK
     # A listing, like `git status`: on stdout, so that `| grep failed` and `| less` work.
-    con = Console(file=sys.stdout, highlight=False, soft_wrap=True)
+    con = ui.listing
     con.print(f"hook: {'installed in ' + str(path) if installed else 'not installed'}"
               + (f"; watching {', '.join(watch)}" if watch else "")
               + (" (--series)" if series_on else ""))

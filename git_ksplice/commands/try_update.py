@@ -8,7 +8,6 @@ runs the check again (it must fail: the update is undone cleanly). Each step is 
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,6 +17,7 @@ from rich.markup import escape
 from git_ksplice import qemu, ui
 from git_ksplice.errors import EXIT_ERROR, EXIT_OK, InputError
 from git_ksplice.package import read_tarball
+from git_ksplice.settings import kernel_image
 
 _INIT = r"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -81,43 +81,11 @@ _EXPECT = {
 }
 
 
-def _configured_kernel() -> str:
-    """ksplice.kernel, read through git (so `git -c` works; outside a repository only the
-    user's and the system's configuration)."""
-    import subprocess
-
-    r = subprocess.run(["git", "config", "--type=path", "--get", "ksplice.kernel"],
-                       capture_output=True, text=True)
-    if not r.stdout.strip():
-        raise InputError("which kernel should boot? no --kernel was given and ksplice.kernel "
-                         "is not set", hint="pass --kernel BZIMAGE (the running kernel's "
-                                            "image) or set ksplice.kernel")
-    return r.stdout.strip()
-
-
-#: A kernel module's name (MODULE_NAME_LEN is 56, with its NUL).
-_MODULE_NAME = re.compile(r"[A-Za-z0-9_-]{1,55}")
-
-
 def _livepatch(path: str) -> tuple[str, str, bytes]:
     """(update id, livepatch module name, the module's bytes) of an update tarball."""
     update = read_tarball(Path(path))
-    lines = [line.split() for line in update.text("contents").splitlines()
-             if line.startswith("livepatch ")]
-    if not lines:
-        raise InputError(f"{path} has no livepatch module (no 'livepatch' line in its "
-                         "contents)", hint="it was built for a tree that is not a Linux "
-                                           "kernel, or by an older git-ksplice")
-    if len(lines[0]) < 3:
-        raise InputError(f"{path} is damaged: its contents line {' '.join(lines[0])!r} names "
-                         "no module file", hint="build the update again")
-    _, modname, kofile = lines[0][:3]
-    if not _MODULE_NAME.fullmatch(modname):
-        # It goes into the guest's /init script and onto the terminal: only a module name.
-        raise InputError(f"{path} is damaged: its livepatch module is named "
-                         f"{modname[:60]!r}, which is no kernel module name",
-                         hint="build the update again")
-    return update.id, modname, update.member(kofile)
+    modname, ko = update.livepatch_module()
+    return update.id, modname, ko
 
 
 def _module(path: str) -> tuple[str, bytes]:
@@ -135,8 +103,7 @@ def _module(path: str) -> tuple[str, bytes]:
 
 def run(tarball: str, kernel: str | None, check: str | None, modules: tuple[str, ...],
         timeout: float, as_json: bool, keep: str | None) -> int:
-    if kernel is None:
-        kernel = _configured_kernel()
+    kernel = kernel_image(kernel)
     update_id, modname, ko = _livepatch(tarball)
     files = {"ksplice/update.ko": ko}
     names = []

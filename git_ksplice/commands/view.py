@@ -1,8 +1,7 @@
 """`git ksplice view` and `git ksplice series`: what was built, from tarballs or the ledger.
 
-The ledger (`refs/ksplice/series`) is a chain of commits, one per update, whose trees hold
-each update's manifest, patch and description; `git log refs/ksplice/series` is its
-history, and `git push/fetch 'refs/ksplice/*'` shares it.
+The formats are `git_ksplice.package` (a tarball, its contents and manifest) and
+`git_ksplice.ledger` (the series ledger); this module only chooses what to read and prints.
 """
 
 from __future__ import annotations
@@ -12,56 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pygit2
-
-from git_ksplice import manifest as manifest_schema
-from git_ksplice import ui
+from git_ksplice import ledger, ui
 from git_ksplice.errors import EXIT_OK, InputError
-from git_ksplice.package import UPDATE_ID, read_tarball
-from git_ksplice.repo import REF_SERIES, REF_UPDATES, Repo
-
-#: The largest file of a ledger entry read (a manifest, a description, a patch).
-MAX_LEDGER_FILE = 64 << 20
-
-
-def _ledger(repo: Repo) -> list[tuple[str, dict[str, Any] | str, str, str]]:
-    """(entry commit, manifest, description, patch), oldest first. A damaged entry (its
-    manifest not one: the ledger arrives with `git fetch` from anyone) has, in place of the
-    manifest, what is wrong with it: listing the others must not depend on it."""
-    tip = repo.ref(REF_SERIES)
-    out = []
-    pg = repo.pygit
-    oid = tip
-    while oid:
-        commit = pg[oid]
-        tree = commit.tree
-
-        def blob(name: str, tree: pygit2.Tree = tree) -> str:
-            """A file of the entry, read only when it is a blob of a sane size (the size
-            from the object's header, before its bytes are read)."""
-            try:
-                entry = tree[name]
-            except KeyError:
-                return ""
-            kind, size = pg.odb.read_header(entry.id)
-            if kind != pygit2.enums.ObjectType.BLOB:
-                raise InputError(f"{name} is not a file")
-            if size > MAX_LEDGER_FILE:
-                raise InputError(f"{name} is {size >> 20} MiB, more than a ledger file can be")
-            return entry.data.decode("utf-8", "replace")  # type: ignore[union-attr]
-
-        where = f"ledger entry {str(commit.id)[:12]}"
-        manifest: dict[str, Any] | str
-        try:
-            manifest = manifest_schema.parse(blob("manifest.json").encode() or b"{}", where)
-            description, patch = blob("description"), blob("patch")
-        except InputError as e:
-            manifest, description, patch = (e.message if e.message.startswith(where)
-                                             else f"{where}: {e.message}"), "", ""
-        out.append((str(commit.id), manifest, description, patch))
-        oid = str(commit.parent_ids[0]) if commit.parent_ids else None
-    out.reverse()
-    return out
+from git_ksplice.package import UPDATE_ID, Contents, read_tarball
+from git_ksplice.repo import REF_UPDATES, Repo
 
 
 def _functions(manifest: dict[str, Any]) -> list[dict[str, str]]:
@@ -88,8 +41,7 @@ def _tarball_or_id(tarball: str) -> str | None:
     except InputError:
         repo = None  # outside a repository there are no ids to look up
     if repo is not None and (repo.refs(REF_UPDATES + tarball)
-                             or any(isinstance(e[1], dict) and e[1].get("id") == tarball
-                                    for e in _ledger(repo))):
+                             or ledger.find(repo, tarball)[0] is not None):
         return tarball
     raise InputError(f"cannot read update {tarball}: there is no such file"
                      + (", nor an update with that id here" if repo is not None else ""),
@@ -107,28 +59,12 @@ def run(tarball: str | None, update_id: str | None, as_json: bool) -> int:
     if tarball is not None:
         t = read_tarball(Path(tarball), wanted=("manifest.json", "description", "patch"))
         manifest, description, patch = t.manifest, t.text("description"), t.text("patch")
-        contents = t.text("contents")
+        contents = t.text("contents")  # as it is: view shows what the file says
         uid = t.id
     else:
-        repo = Repo.discover()
-        ledger = _ledger(repo)
-        entries = [e for e in ledger if isinstance(e[1], dict) and e[1].get("id") == update_id]
-        if not entries:
-            known = repo.refs(REF_UPDATES + update_id)
-            damaged = [e[1] for e in ledger if isinstance(e[1], str)]
-            raise InputError(f"no update {update_id} in the series ledger"
-                             + (" (its ref exists but its ledger entry is missing)"
-                                if known else "")
-                             + (f"; {len(damaged)} damaged entries were skipped: {damaged[0]}"
-                                if damaged else ""),
-                             hint="git ksplice series lists the updates built here")
-        _, manifest, description, patch = entries[-1]
-        assert isinstance(manifest, dict)
-        lines = [f"target {t}" for t in sorted(manifest.get("targets", {}))]
-        module = manifest.get("livepatch", {}).get("module")
-        if module:
-            lines.insert(0, f"livepatch {module} {module}.ko")
-        contents = "\n".join(lines)
+        assert update_id is not None
+        manifest, description, patch = _from_ledger(update_id)
+        contents = Contents.of_manifest(manifest).text()
         uid = update_id
     functions = _functions(manifest)
     if as_json:
@@ -151,6 +87,21 @@ def run(tarball: str | None, update_id: str | None, as_json: bool) -> int:
     return EXIT_OK
 
 
+def _from_ledger(update_id: str) -> tuple[dict[str, Any], str, str]:
+    """(manifest, description, patch) of the update's ledger entry."""
+    repo = Repo.discover()
+    entry, damaged = ledger.find(repo, update_id)
+    if entry is None or entry.manifest is None:
+        known = repo.refs(REF_UPDATES + update_id)
+        raise InputError(f"no update {update_id} in the series ledger"
+                         + (" (its ref exists but its ledger entry is missing)"
+                            if known else "")
+                         + (f"; {len(damaged)} damaged entries were skipped: "
+                            f"{damaged[0].damage}" if damaged else ""),
+                         hint="git ksplice series lists the updates built here")
+    return entry.manifest, entry.description, entry.patch
+
+
 def _when(timestamp: object) -> str:
     """A ledger entry's build time, or `-`: a fetched entry may say anything (10**20)."""
     if not isinstance(timestamp, int) or isinstance(timestamp, bool):
@@ -162,23 +113,21 @@ def _when(timestamp: object) -> str:
 
 
 def run_series(as_json: bool) -> int:
-    repo = Repo.discover()
-    entries = _ledger(repo)
     rows = []
-    for commit, manifest, description, _ in entries:
-        if isinstance(manifest, str):
-            ui.console.print(f"warning: {ui.printable(manifest, terminal=True)}",
+    for e in ledger.entries(Repo.discover()):
+        if e.manifest is None:
+            ui.console.print(f"warning: {ui.printable(e.damage or '', terminal=True)}",
                              markup=False, highlight=False)
-            rows.append({"id": None, "entry": commit, "description": "", "pre": None,
+            rows.append({"id": None, "entry": e.commit, "description": "", "pre": None,
                          "post": None, "targets": [], "timestamp": None, "stacked": None,
-                         "damaged": manifest})
+                         "damaged": e.damage})
             continue
-        rows.append({"id": manifest.get("id"), "entry": commit,
-                     "description": description.splitlines()[0] if description else "",
-                     "pre": manifest.get("pre"), "post": manifest.get("post"),
-                     "targets": sorted(manifest.get("targets", {})),
-                     "timestamp": manifest.get("timestamp"),
-                     "stacked": manifest.get("series")})
+        m = e.manifest
+        rows.append({"id": m.get("id"), "entry": e.commit,
+                     "description": e.description.splitlines()[0] if e.description else "",
+                     "pre": m.get("pre"), "post": m.get("post"),
+                     "targets": sorted(m.get("targets", {})),
+                     "timestamp": m.get("timestamp"), "stacked": m.get("series")})
     if as_json:
         ui.print_json({"schema": 1, "series": rows})
         return EXIT_OK

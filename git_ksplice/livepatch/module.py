@@ -17,15 +17,13 @@ the kernel's loader will check it.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from git_ksplice.build import module_file
 from git_ksplice.elf.diff import DiffResult
+from git_ksplice.elf.extract import DiffObject
 from git_ksplice.elf.model import (
     RELOC_SIZES,
     SHN_UNDEF,
@@ -41,16 +39,19 @@ from git_ksplice.elf.model import (
     read_object,
 )
 from git_ksplice.elf.writer import serialize, write_object
-from git_ksplice.errors import BuildError, RefusedError
+from git_ksplice.errors import RefusedError
+from git_ksplice.kbuild import build_external_module, module_file
 from git_ksplice.livepatch.symbols import (
     ObjectSymbols,
     module_symbols,
     read_symvers,
+    running_vermagic,
     vmlinux_symbols,
 )
+from git_ksplice.origconfig import OrigConfig
+from git_ksplice.progress import Reporter, Silent
 
 SHN_LIVEPATCH = 0xFF20
-SHF_RELA_LIVEPATCH = 0x00100000
 _PLACEHOLDER = "__ksplice_klp_"
 _ALIAS = "__ksplice_new_"
 _OBJNAME = re.compile(r"^[^.]{1,55}$")
@@ -83,6 +84,8 @@ class ModuleBuild:
     vermagic: str = ""
     #: the objects (vmlinux, modules) the klp relocations resolve against
     klp_objects: set[str] = field(default_factory=set)
+    #: what the kernel will do with the module that users would not expect
+    warnings: list[str] = field(default_factory=list)
 
 
 class _Resolver:
@@ -90,9 +93,9 @@ class _Resolver:
     loader resolves (exported symbols, symbols the update itself defines), or a klp
     relocation to (object, name, sympos)."""
 
-    def __init__(self, tree: Path, orig_dir: Path, objects: list[PatchedObject]) -> None:
+    def __init__(self, tree: Path, orig: OrigConfig, objects: list[PatchedObject]) -> None:
         self.tree = tree
-        self.orig_dir = orig_dir
+        self.orig = orig
         self.exports = read_symvers(tree / "Module.symvers")
         self._tables: dict[str, ObjectSymbols] = {}
         self.defined_here: set[str] = set()
@@ -108,7 +111,7 @@ class _Resolver:
         t = self._tables.get(objname)
         if t is None:
             if objname == "vmlinux":
-                t = vmlinux_symbols(self.orig_dir, self.tree)
+                t = vmlinux_symbols(self.orig, self.tree)
             else:
                 ko = module_file(self.tree, objname)
                 if ko is None:
@@ -152,71 +155,153 @@ def _local_names(obj: ElfObject) -> set[str]:
             and s.type in (STT_FUNC, STT_OBJECT)}
 
 
-def build_module(update_id: str, objects: list[PatchedObject], *, tree: Path, orig_dir: Path,
-                 work: Path, make_args: list[str], jobs: int, log: Path,
-                 description: str) -> ModuleBuild:
-    name = f"ksplice_{update_id}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    resolver = _Resolver(tree, orig_dir, objects)
-    placeholders: dict[tuple[str, str, int], Symbol] = {}
-    types: dict[tuple[str, str, int], int] = {}
-    funcs: list[KlpFunc] = []
-    shipped = []
-    for n, po in enumerate(objects):
-        out = po.result.output
-        assert out is not None
-        pristine = read_object(po.pristine) if po.pristine.exists() else None
-        neighbours = _local_names(pristine) if pristine is not None else set()
-        file = next((s.name for s in out.symbols if s.type == STT_FILE), None)
-        replaced = {f.original for f in po.result.changed}
-        symbols = list(out.symbols)
-        for s in out.symbols:
-            if s.section is not None and s.type == STT_FUNC and s.is_local \
-                    and s.name in replaced:
-                alias = f"{_ALIAS}{len(funcs)}"
-                symbols.append(Symbol(alias, s.value, s.size, STB_GLOBAL, STT_FUNC,
-                                      section=s.section))
-                sympos = resolver.table(po.target).sympos(s.name, local=pristine is None or
-                                                          s.name in neighbours, file=file,
-                                                          neighbours=neighbours)
-                funcs.append(KlpFunc(po.target, s.name, alias, sympos))
-        for sec in out.sections:
-            for i, r in enumerate(sec.relocs):
-                if r.symbol.section is not None or r.symbol.type == STT_FILE:
-                    continue
-                where = resolver.klp_target(r.symbol, po.target, file, neighbours)
-                if where is None:
-                    continue
-                ph = placeholders.get(where)
-                if ph is None:
-                    ph = Symbol(f"{_PLACEHOLDER}{len(placeholders)}", 0, 0, STB_WEAK,
-                                STT_NOTYPE, special_shndx=SHN_UNDEF)
-                    placeholders[where] = ph
-                    types[where] = r.symbol.type
-                sec.relocs[i] = Reloc(r.offset, r.type, ph, r.addend)
-        used = {id(r.symbol) for sec in out.sections for r in sec.relocs}
-        symbols = [s for s in symbols if s.section is not None or s.type == STT_FILE
-                   or id(s) in used]
-        symbols += [p for p in placeholders.values() if id(p) in used]
-        obj = work / f"d{n}.o_shipped"
-        obj.write_bytes(serialize(out.sections, symbols))
-        (work / f".d{n}.o.cmd").write_text("")
-        shipped.append(f"d{n}.o")
-    if not funcs and not any(po.result.new for po in objects):
+@dataclass
+class ModuleRequest:
+    """What the livepatch module of one update is built from."""
+
+    update_id: str
+    objects: list[PatchedObject]
+    tree: Path  # the pristine tree, reverted: the module is built against it
+    orig: OrigConfig
+    work: Path  # a directory of the module's own (emptied first)
+    make_args: list[str]
+    jobs: int
+    log: Path
+    description: str
+
+
+@dataclass
+class _Links:
+    """What phase 1 decides across all objects: the functions the module replaces and the
+    placeholder standing for each (object, name, sympos) the loader cannot resolve."""
+
+    funcs: list[KlpFunc] = field(default_factory=list)
+    placeholders: dict[tuple[str, str, int], Symbol] = field(default_factory=dict)
+    #: the symbol type of each placeholder's target (a .klp.sym keeps it)
+    types: dict[tuple[str, str, int], int] = field(default_factory=dict)
+
+    def placeholder(self, where: tuple[str, str, int], sym_type: int) -> Symbol:
+        ph = self.placeholders.get(where)
+        if ph is None:
+            ph = Symbol(f"{_PLACEHOLDER}{len(self.placeholders)}", 0, 0, STB_WEAK,
+                        STT_NOTYPE, special_shndx=SHN_UNDEF)
+            self.placeholders[where] = ph
+            self.types[where] = sym_type
+        return ph
+
+
+def build_module(req: ModuleRequest, reporter: Reporter | None = None) -> ModuleBuild:
+    """The update's livepatch module: phase 1 on each diff object, the generated C, kbuild,
+    phase 2, and the loader's checks."""
+    say = reporter or Silent()
+    name = f"ksplice_{req.update_id}"
+    shutil.rmtree(req.work, ignore_errors=True)
+    req.work.mkdir(parents=True)
+    resolver = _Resolver(req.tree, req.orig, req.objects)
+    links = _Links()
+    shipped = [_ship_object(n, po, resolver, links, req.work)
+               for n, po in enumerate(req.objects)]
+    if not links.funcs and not any(po.result.new for po in req.objects):
         raise RefusedError("the update replaces no traceable function")
-    (work / "ksplice_patch.c").write_text(_patch_source(name, funcs, description))
-    (work / "Kbuild").write_text(f"obj-m := {name}.o\n{name}-y := ksplice_patch.o "
-                                 + " ".join(shipped) + "\n")
-    _kbuild(tree, work, make_args, jobs, log)
-    ko = work / f"{name}.ko"
-    where_of = {p.name: w for w, p in placeholders.items()}
-    count = _finish(ko, where_of, types)
-    build = ModuleBuild(name, ko, funcs, count)
-    build.klp_objects = {w[0] for w in placeholders}
-    build.vermagic = _modinfo(ko).get("vermagic", "")
+    (req.work / "ksplice_patch.c").write_text(_patch_source(name, links.funcs,
+                                                            req.description))
+    (req.work / "Kbuild").write_text(f"obj-m := {name}.o\n{name}-y := ksplice_patch.o "
+                                     + " ".join(shipped) + "\n")
+    build_external_module(req.tree, req.work, req.make_args, req.jobs, req.log,
+                          what="the livepatch module")
+    ko = req.work / f"{name}.ko"
+    klp_relocations = _finish(ko, {p.name: w for w, p in links.placeholders.items()},
+                              links.types)
+    build = ModuleBuild(name, ko, links.funcs, klp_relocations,
+                        vermagic=_modinfo(ko).get("vermagic", ""),
+                        klp_objects={w[0] for w in links.placeholders})
     check_module(ko)
+    build.warnings = module_warnings(build)
+    for w in build.warnings:
+        say.note(f"warning: {w}")
     return build
+
+
+def _ship_object(n: int, po: PatchedObject, resolver: _Resolver, links: _Links,
+                 work: Path) -> str:
+    """Phase 1 on one diff object: an alias for each function it replaces, placeholders for
+    what the loader cannot resolve; written as `d<n>.o_shipped` for kbuild. Returns the
+    object's name in the Kbuild file."""
+    out = po.result.output
+    assert out is not None
+    pristine = read_object(po.pristine) if po.pristine.exists() else None
+    neighbours = _local_names(pristine) if pristine is not None else set()
+    file = next((s.name for s in out.symbols if s.type == STT_FILE), None)
+    symbols = list(out.symbols) + _aliases(po, out, resolver, links, file, neighbours,
+                                           new_object=pristine is None)
+    for sec in out.sections:
+        for i, r in enumerate(sec.relocs):
+            if r.symbol.section is not None or r.symbol.type == STT_FILE:
+                continue
+            where = resolver.klp_target(r.symbol, po.target, file, neighbours)
+            if where is not None:
+                sec.relocs[i] = Reloc(r.offset, r.type, links.placeholder(where, r.symbol.type),
+                                      r.addend)
+    # Undefined symbols nothing refers to any more (their references became placeholders)
+    # go; identity, not name, since a placeholder and the symbol it replaced may share one.
+    used = {id(r.symbol) for sec in out.sections for r in sec.relocs}
+    symbols = [s for s in symbols if s.section is not None or s.type == STT_FILE
+               or id(s) in used]
+    symbols += [p for p in links.placeholders.values() if id(p) in used]
+    (work / f"d{n}.o_shipped").write_bytes(serialize(out.sections, symbols))
+    (work / f".d{n}.o.cmd").write_text("")
+    return f"d{n}.o"
+
+
+def _aliases(po: PatchedObject, out: DiffObject, resolver: _Resolver, links: _Links,
+             file: str | None, neighbours: set[str], *, new_object: bool) -> list[Symbol]:
+    """A global alias (what the `klp_func` table points at) for each local function the
+    object replaces, each recorded with its sympos in the running kernel."""
+    replaced = {f.original for f in po.result.changed}
+    aliases = []
+    for s in out.symbols:
+        if s.section is not None and s.type == STT_FUNC and s.is_local and s.name in replaced:
+            alias = f"{_ALIAS}{len(links.funcs)}"
+            aliases.append(Symbol(alias, s.value, s.size, STB_GLOBAL, STT_FUNC,
+                                  section=s.section))
+            sympos = resolver.table(po.target).sympos(
+                s.name, local=new_object or s.name in neighbours, file=file,
+                neighbours=neighbours)
+            links.funcs.append(KlpFunc(po.target, s.name, alias, sympos))
+    return aliases
+
+
+def check_against_running(module: ModuleBuild, orig: OrigConfig) -> None:
+    """Refuse a module the running kernel would refuse: another vermagic, or CRCs of the
+    symbols it uses that differ from the running kernel's Module.symvers."""
+    running = running_vermagic(orig)
+    if running is not None and running != module.vermagic:
+        raise RefusedError(f"the module's vermagic {module.vermagic!r} differs from the "
+                           f"running kernel's {running!r}: the kernel would refuse it",
+                           hint="build from the running kernel's exact source and "
+                                "configuration (ORIG_CONFIG/.config, and LOCALVERSION= in "
+                                "ORIG_CONFIG/flags if its release has no '+')")
+    bad = check_versions(module.ko, orig.module_symvers)
+    if bad:
+        raise RefusedError("symbol versions (CRCs) the module needs disagree with the "
+                           "running kernel's Module.symvers: " + ", ".join(bad),
+                           hint="the change alters an exported symbol's type (a header "
+                                "change?); the kernel would refuse the module")
+
+
+def module_warnings(module: ModuleBuild) -> list[str]:
+    """What the kernel will do with the module that users would not expect."""
+    out = []
+    release = re.match(r"(\d+)\.(\d+)", module.vermagic)
+    reloaded = sorted(o for o in module.klp_objects if o != "vmlinux")
+    if reloaded and release and (int(release.group(1)), int(release.group(2))) < (6, 3):
+        # Without upstream 0c05e7bd2d01 ("livepatch,x86: Clear relocation targets on a
+        # module removal", merged for 6.3) the x86 loader leaves a livepatch's relocations
+        # in a module that is unloaded and refuses to apply them again when it comes back.
+        out.append(f"while this update is loaded, {', '.join(reloaded)} cannot be unloaded "
+                   "and loaded again: this kernel (before 6.3) refuses to re-apply the "
+                   "update's klp relocations to it; disable and remove the update first")
+    return out
 
 
 def _patch_source(name: str, funcs: list[KlpFunc], description: str) -> str:
@@ -270,21 +355,6 @@ def _patch_source(name: str, funcs: list[KlpFunc], description: str) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def _kbuild(tree: Path, work: Path, make_args: list[str], jobs: int, log: Path) -> None:
-    cmd = ["make", f"-j{jobs}", "-C", str(tree), f"M={work}", *make_args, "modules"]
-    env = dict(os.environ)
-    for k in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "KCFLAGS"):
-        env.pop(k, None)
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    with open(log, "a") as f:
-        f.write("$ " + " ".join(cmd) + "\n" + r.stdout + r.stderr)
-    if r.returncode != 0:
-        errors = [line for line in (r.stdout + r.stderr).splitlines()
-                  if "error" in line.lower() or "undefined" in line]
-        raise BuildError("building the livepatch module failed:\n  "
-                         + "\n  ".join(errors[-15:]), hint=f"full log: {log}")
 
 
 def _finish(ko: Path, where_of: dict[str, tuple[str, str, int]], types: dict) -> int:
@@ -381,5 +451,5 @@ def check_versions(ko: Path, orig_symvers: Path) -> list[str]:
     return bad
 
 
-__all__ = ["ModuleBuild", "PatchedObject", "build_module", "check_module",
-           "check_versions"]
+__all__ = ["ModuleBuild", "ModuleRequest", "PatchedObject", "build_module",
+           "check_against_running", "check_module", "check_versions", "module_warnings"]

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from git_ksplice.errors import InputError, RefusedError
-from git_ksplice.ui import count
+from git_ksplice.origconfig import OrigConfig
+from git_ksplice.words import count
 
 _SYM = struct.Struct("<IBBHQQ")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
@@ -173,13 +174,15 @@ class ObjectSymbols:
                            hint="put the running kernel's unstripped vmlinux in ORIG_CONFIG")
 
 
-def vmlinux_symbols(orig_dir: Path, pristine_tree: Path) -> ObjectSymbols:
-    vmlinux = orig_dir / "vmlinux"
-    if vmlinux.exists():
+def vmlinux_symbols(orig: OrigConfig, pristine_tree: Path) -> ObjectSymbols:
+    """The running kernel's symbols: from ORIG_CONFIG's vmlinux when it has one, else the
+    pristine build's vmlinux ordered by ORIG_CONFIG's System.map."""
+    vmlinux = orig.vmlinux
+    if vmlinux is not None:
         located = read_symbols(vmlinux)
-        _check_map_agrees(orig_dir / "System.map", vmlinux, located)
+        _check_map_agrees(orig.system_map, vmlinux, located)
         return ObjectSymbols("vmlinux", located, None, by_address=True)
-    system_map = read_system_map(orig_dir / "System.map")
+    system_map = read_system_map(orig.system_map)
     return ObjectSymbols("vmlinux", read_symbols(pristine_tree / "vmlinux"), system_map,
                          by_address=True)
 
@@ -214,11 +217,11 @@ def module_symbols(name: str, ko: Path) -> ObjectSymbols:
     return ObjectSymbols(name, read_symbols(ko), None, by_address=False)
 
 
-def running_vermagic(orig_dir: Path) -> str | None:
+def running_vermagic(orig: OrigConfig) -> str | None:
     """The running kernel's vermagic, read from ORIG_CONFIG's vmlinux (the `vermagic`
     string the module loader compares against); None when there is no vmlinux."""
-    vmlinux = orig_dir / "vmlinux"
-    if not vmlinux.exists():
+    vmlinux = orig.vmlinux
+    if vmlinux is None:
         return None
     raw = vmlinux.read_bytes()
     shoff = int.from_bytes(raw[40:48], "little")

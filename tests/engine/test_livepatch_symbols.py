@@ -19,6 +19,7 @@ from git_ksplice.livepatch.symbols import (
     read_system_map,
     vmlinux_symbols,
 )
+from git_ksplice.origconfig import OrigConfig
 
 SOURCES = {
     "one/core.c": "static int __attribute__((noinline)) show(int x) { return x + 1; }\n"
@@ -91,12 +92,12 @@ def test_missing_symbol_is_refused_by_name(image: Path) -> None:
         table.sympos("nowhere", local=True, file="core.c", neighbours=set())
 
 
-def _orig_config(tmp_path: Path, image: Path, system_map: str) -> Path:
+def _orig_config(tmp_path: Path, image: Path, system_map: str) -> OrigConfig:
     orig = tmp_path / "orig"
     orig.mkdir(parents=True)
     (orig / "vmlinux").write_bytes(image.read_bytes())
     (orig / "System.map").write_text(system_map)
-    return orig
+    return OrigConfig(orig)
 
 
 def test_system_map_must_belong_to_the_vmlinux(image: Path, tmp_path: Path) -> None:

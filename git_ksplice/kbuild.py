@@ -1,0 +1,159 @@
+"""What git-ksplice knows of kbuild: its flags, its records, and the make calls around a build.
+
+Plain files and make, no git: both the workflow (`build`, `pipeline`) and the livepatch module
+builder use it, so that facts about kbuild are written once:
+- `KSPLICE_KCFLAGS`, what git-ksplice adds to the kernel's compiler flags;
+- which target (vmlinux or a module) each compiled unit links into, from kbuild's own records
+  (`modules.order`, `.mod` files, `vmlinux.a`/`built-in.a`), and where a module's `.ko` is;
+- the environment a make of ours runs in, and the small make calls: `kernelrelease`, an
+  external module (`M=`), a tree's modules rebuilt without our flags.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+
+from git_ksplice.errors import BuildError
+
+#: What git-ksplice adds to the kernel's compiler flags: one section per function and per
+#: data object, so that the differ can compare and extract them one by one.
+KSPLICE_KCFLAGS = "-ffunction-sections -fdata-sections"
+
+#: Variables of an outer make (a `make` that runs git-ksplice) that must not reach ours: its
+#: jobserver and flags would take over our -j and our targets.
+_OUTER_MAKE = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+
+
+def make_environment(*, without_kcflags: bool = False) -> dict[str, str]:
+    """The environment of a make of ours: the user's, without an outer make's (and, for a
+    module built like the running kernel's, without KCFLAGS)."""
+    drop = _OUTER_MAKE + (("KCFLAGS",) if without_kcflags else ())
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
+def with_ksplice_kcflags(make_args: list[str]) -> list[str]:
+    """`KCFLAGS=...` for make with our flags added to any the user's arguments already give
+    (the user's one removed from the list: make takes the last)."""
+    args = list(make_args)
+    kcflags = KSPLICE_KCFLAGS
+    for i, a in enumerate(args):
+        if a.startswith("KCFLAGS="):
+            kcflags = a.split("=", 1)[1] + " " + KSPLICE_KCFLAGS
+            del args[i]
+            break
+    return [f"KCFLAGS={kcflags}", *args]
+
+
+def _logged_make(cmd: list[str], log: Path, env: dict[str, str],
+                 cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a short make (its output is small), appending the command and its output to
+    `log`."""
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
+    with open(log, "a") as f:
+        f.write("$ " + " ".join(cmd) + "\n" + r.stdout + r.stderr)
+    return r
+
+
+def build_external_module(tree: Path, directory: Path, make_args: list[str], jobs: int,
+                          log: Path, *, what: str) -> None:
+    """`make -C tree M=directory modules`: a module built against the pristine tree, so that
+    vermagic, `__versions` and modpost are the running kernel's. Without our KCFLAGS: the
+    running kernel's modules were built with the user's flags alone (ORIG_CONFIG's `flags`,
+    ksplice.makeArgs), which `make_args` holds."""
+    cmd = ["make", f"-j{jobs}", "-C", str(tree), f"M={directory}", *make_args, "modules"]
+    r = _logged_make(cmd, log, make_environment(without_kcflags=True))
+    if r.returncode != 0:
+        errors = [line for line in (r.stdout + r.stderr).splitlines()
+                  if "error" in line.lower() or "undefined" in line]
+        raise BuildError(f"building {what} failed:\n  " + "\n  ".join(errors[-15:]),
+                         hint=f"full log: {log}")
+
+
+def kernel_release(tree: Path, make_args: list[str]) -> str:
+    """`make kernelrelease` of the tree, or `unknown`."""
+    r = subprocess.run(["make", "-s", *make_args, "kernelrelease"], cwd=tree,
+                       capture_output=True, text=True, env=make_environment())
+    lines = r.stdout.strip().splitlines()
+    return lines[-1] if r.returncode == 0 and lines else "unknown"
+
+
+def compiler_version() -> str:
+    """The first line of `gcc --version`, or `unknown`."""
+    try:
+        r = subprocess.run(["gcc", "--version"], capture_output=True, text=True)
+    except OSError:
+        return "unknown"
+    return r.stdout.splitlines()[0] if r.returncode == 0 and r.stdout else "unknown"
+
+
+def module_ko_path(tree: Path, name: str) -> str | None:
+    """The `.ko` of module `name` (as the kernel names it: `-` made `_`), relative to the
+    tree, from `modules.order`; None when the tree builds no such module."""
+    order = tree / "modules.order"
+    if not order.exists():
+        return None
+    for ko in order.read_text().split():
+        if Path(ko).stem.replace("-", "_") == name:
+            return ko if ko.endswith(".ko") else ko[:-2] + ".ko"
+    return None
+
+
+def module_file(tree: Path, name: str) -> Path | None:
+    """The built .ko of module `name`, when it exists."""
+    rel = module_ko_path(tree, name)
+    return tree / rel if rel is not None and (tree / rel).exists() else None
+
+
+def is_linux_tree(tree: Path) -> bool:
+    """A Linux kbuild tree (livepatch modules can be built against it)."""
+    return (tree / "scripts" / "Makefile.modpost").exists() and \
+        (tree / "include" / "linux" / "livepatch.h").exists()
+
+
+def target_map(tree: Path) -> dict[str, str]:
+    """Each compiled unit of the tree -> the target it links into: `vmlinux`, or a module
+    name (`-` made `_`, as the kernel names modules), read from kbuild's own records:
+    `modules.order` and each module's `.mod` file, and the members of `vmlinux.a` (or the
+    `built-in.a` archives where there is no vmlinux.a)."""
+    targets: dict[str, str] = {}
+    order = tree / "modules.order"
+    if order.exists():
+        for ko in order.read_text().split():
+            stem = ko.removesuffix(".ko") if ko.endswith(".ko") else ko.removesuffix(".o")
+            name = Path(stem).name.replace("-", "_")
+            mod = tree / (stem + ".mod")
+            if mod.exists():
+                for obj in mod.read_text().split():
+                    targets[_normalise(obj)] = name
+    # vmlinux.a is made when vmlinux links; the top-level built-in.a as soon as objects are
+    # compiled (a patched build that does not link still lists a new file's object there).
+    for archive in ("vmlinux.a", "built-in.a"):
+        for obj in _archive_members(tree, archive):
+            targets.setdefault(obj, "vmlinux")
+    return targets
+
+
+def _archive_members(tree: Path, archive: str, depth: int = 0) -> Iterable[str]:
+    path = tree / archive
+    if not path.exists() or depth > 20:
+        return []
+    # Run from the tree with a relative name: ar prints a thin archive's members relative to
+    # the current directory then (absolute paths for an absolute archive name).
+    r = subprocess.run(["ar", "t", archive], cwd=tree, capture_output=True, text=True)
+    if r.returncode != 0:
+        return []
+    out = []
+    for member in r.stdout.split():
+        rel = _normalise(os.path.relpath(tree / member, tree))
+        if rel.endswith(".a"):
+            out.extend(_archive_members(tree, rel, depth + 1))
+        else:
+            out.append(rel)
+    return out
+
+
+def _normalise(p: str) -> str:
+    return os.path.normpath(p.removeprefix("./"))
