@@ -156,6 +156,34 @@ class Provenance:
     kcflags: str
 
 
+@dataclass
+class Summary:
+    """What a manifest says of its update, for listings (`view`, `series`). Fields a
+    manifest lacks are None (or empty): a fetched one need not have them."""
+
+    id: str | None
+    pre: str | None
+    post: str | None
+    timestamp: int | None
+    series: bool | None
+    targets: list[str]
+    #: (target, object, function name, `changed` or `new`), sorted by target and object
+    functions: list[tuple[str, str, str, str]]
+
+    @classmethod
+    def of(cls, manifest: dict[str, Any]) -> Summary:
+        functions = []
+        for target, t in sorted(manifest.get("targets", {}).items()):
+            for obj, o in sorted(t.get("objects", {}).items()):
+                functions += [(target, obj, f["name"], "changed")
+                              for f in o.get("changed_functions", [])]
+                functions += [(target, obj, f["name"], "new")
+                              for f in o.get("new_functions", [])]
+        return cls(manifest.get("id"), manifest.get("pre"), manifest.get("post"),
+                   manifest.get("timestamp"), manifest.get("series"),
+                   sorted(manifest.get("targets", {})), functions)
+
+
 def compose_manifest(origin: Provenance, changed: list[ChangedObject], extra: list[str],
                      module: ModuleBuild | None) -> dict[str, Any]:
     """The manifest of an update, as `SCHEMA` describes it."""
@@ -281,6 +309,9 @@ def write_tarball(update: Update, out_dir: Path, when: int) -> Path:
     return dest
 
 
+#: The files that say what an update is, without its module and debug files (`view`).
+SUMMARY_FILES = ("manifest.json", "description", "patch")
+
 #: Bounds for reading an update from anywhere: a tarball of 2 MB can hold 2 GiB of zeros,
 #: or 300,000 members. A real update holds a few dozen files of a few MB.
 MAX_MEMBERS = 10_000
@@ -316,6 +347,19 @@ class Tarball:
 
     def text(self, name: str) -> str:
         return self.files.get(name, b"").decode("utf-8", "replace")
+
+    @property
+    def description(self) -> str:
+        return self.text("description")
+
+    @property
+    def patch(self) -> str:
+        return self.text("patch")
+
+    @property
+    def contents_text(self) -> str:
+        """The contents file as it is (what `view` shows, unknown records included)."""
+        return self.text("contents")
 
     def member(self, name: str) -> bytes:
         """A file the update's own contents names (its livepatch module)."""

@@ -99,6 +99,11 @@ class Created:
     changed: list[ChangedObject]
     manifest: dict
 
+    @property
+    def targets(self) -> dict:
+        """The manifest's record of each target: its objects and their functions."""
+        return self.manifest["targets"]
+
 
 def create(repo: Repo, settings: Settings, request: Request,
            reporter: Reporter) -> Created | Prebuilt:

@@ -66,7 +66,7 @@ def _report(opts: CreateOptions, created: Created) -> None:
         ui.print_json({"schema": 1, "result": "created", "id": created.id,
                        "tarball": str(created.tarball), "pre": created.pre,
                        "post": created.post, "series": created.series,
-                       "targets": created.manifest["targets"]})
+                       "targets": created.targets})
         return
     c = ui.console
     for r in created.changed:

@@ -37,7 +37,7 @@ def _cwd(repo: Repo) -> Path:
 _BEGIN, _END = hooks.BEGIN.encode(), hooks.END.encode()
 #: In the block when install made the file: uninstall then removes the file too.
 _CREATED = b"# (install created this file)"
-#: `--path-format` (2.31) in the hook's line and here; the hook itself needs 2.28.
+#: `--path-format` (git 2.31) in the hook's line and here.
 MIN_GIT = (2, 31)
 
 

@@ -13,21 +13,13 @@ from typing import Any
 
 from git_ksplice import ledger, ui
 from git_ksplice.errors import EXIT_OK, InputError
-from git_ksplice.package import UPDATE_ID, Contents, read_tarball
+from git_ksplice.package import SUMMARY_FILES, UPDATE_ID, Contents, Summary, read_tarball
 from git_ksplice.repo import REF_UPDATES, Repo
 
 
-def _functions(manifest: dict[str, Any]) -> list[dict[str, str]]:
-    rows = []
-    for target, t in sorted(manifest.get("targets", {}).items()):
-        for obj, o in sorted(t.get("objects", {}).items()):
-            for f in o.get("changed_functions", []):
-                rows.append({"target": target, "object": obj, "function": f["name"],
-                             "status": "changed"})
-            for f in o.get("new_functions", []):
-                rows.append({"target": target, "object": obj, "function": f["name"],
-                             "status": "new"})
-    return rows
+def _functions(summary: Summary) -> list[dict[str, str]]:
+    return [{"target": target, "object": obj, "function": name, "status": status}
+            for target, obj, name, status in summary.functions]
 
 
 def _tarball_or_id(tarball: str) -> str | None:
@@ -57,27 +49,27 @@ def run(tarball: str | None, update_id: str | None, as_json: bool) -> int:
         if update_id is not None:
             tarball = None
     if tarball is not None:
-        t = read_tarball(Path(tarball), wanted=("manifest.json", "description", "patch"))
-        manifest, description, patch = t.manifest, t.text("description"), t.text("patch")
-        contents = t.text("contents")  # as it is: view shows what the file says
+        t = read_tarball(Path(tarball), wanted=SUMMARY_FILES)
+        manifest, description, patch = t.manifest, t.description, t.patch
+        contents = t.contents_text
         uid = t.id
     else:
         assert update_id is not None
         manifest, description, patch = _from_ledger(update_id)
         contents = Contents.of_manifest(manifest).text()
         uid = update_id
-    functions = _functions(manifest)
+    summary = Summary.of(manifest)
+    functions = _functions(summary)
     if as_json:
         ui.print_json({"schema": 1, "id": uid, "description": description.rstrip("\n"),
-                       "pre": manifest.get("pre"), "post": manifest.get("post"),
-                       "targets": sorted(manifest.get("targets", {})),
+                       "pre": summary.pre, "post": summary.post, "targets": summary.targets,
                        "functions": functions, "contents": contents.splitlines(),
                        "patch": patch})
         return EXIT_OK
     # Plain writes, not rich: the patch must come out verbatim (tabs and all) to apply. All
     # of it is the update's text, from anywhere: escaped where it could drive the terminal.
     lines = [f"Update {uid}: {description.splitlines()[0] if description else ''}",
-             f"pre {manifest.get('pre', '?')}  post {manifest.get('post', '?')}"]
+             f"pre {summary.pre or '?'}  post {summary.post or '?'}"]
     lines += [f"  {line}" for line in contents.splitlines()]
     lines += [f"  {f['status']:8} {f['target']}: {f['function']} ({f['object']})"
               for f in functions]
@@ -122,12 +114,11 @@ def run_series(as_json: bool) -> int:
                          "post": None, "targets": [], "timestamp": None, "stacked": None,
                          "damaged": e.damage})
             continue
-        m = e.manifest
-        rows.append({"id": m.get("id"), "entry": e.commit,
+        m = Summary.of(e.manifest)
+        rows.append({"id": m.id, "entry": e.commit,
                      "description": e.description.splitlines()[0] if e.description else "",
-                     "pre": m.get("pre"), "post": m.get("post"),
-                     "targets": sorted(m.get("targets", {})),
-                     "timestamp": m.get("timestamp"), "stacked": m.get("series")})
+                     "pre": m.pre, "post": m.post, "targets": m.targets,
+                     "timestamp": m.timestamp, "stacked": m.series})
     if as_json:
         ui.print_json({"schema": 1, "series": rows})
         return EXIT_OK
