@@ -9,7 +9,13 @@ import sys
 import click
 
 from git_ksplice import __version__
-from git_ksplice.errors import EXIT_ERROR, KspliceError
+from git_ksplice.errors import (
+    EXIT_BAD_USAGE,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    KspliceError,
+)
 
 #: `--version` also names the interpreter and its environment (sys.prefix: a venv's own
 #: directory), as `pip --version` does: the first thing to know when a module is missing.
@@ -345,10 +351,10 @@ def _main(command: click.Command, prog_name: str, argv: list[str] | None) -> int
         return e.exit_code
     except click.ClickException as e:
         ui.error(e.format_message())
-        return e.exit_code if e.exit_code != 1 else 129
+        return e.exit_code if e.exit_code != EXIT_ERROR else EXIT_BAD_USAGE
     except click.exceptions.Abort:
         ui.error("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else EXIT_ERROR
     except BrokenPipeError:
@@ -369,7 +375,7 @@ def _main(command: click.Command, prog_name: str, argv: list[str] | None) -> int
             ui.error(f"git: {e}", hint="fix that and run the command again")
             return EXIT_ERROR
         return _internal_error()
-    return 0
+    return EXIT_OK
 
 
 #: What the machine, not the program, is to blame for: said as a message, not a traceback.

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 EXIT_OK = 0
 EXIT_ERROR = 1
+#: git's exit status for bad usage, for the click errors that are not usage errors (those
+#: exit 2, as click has them)
+EXIT_BAD_USAGE = 129
 EXIT_REFUSED = 65
 EXIT_NO_CHANGE = 66
+#: interrupted (SIGINT), as a shell reports it
+EXIT_INTERRUPTED = 130
 
 
 class KspliceError(Exception):

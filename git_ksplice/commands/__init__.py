@@ -1,1 +1,2 @@
-"""One module per command: parses nothing, prints through `ui`, returns an exit code."""
+"""One module per command: turns options into settings, calls the library once, prints
+through `ui`, returns an exit code (`errors.EXIT_*`)."""

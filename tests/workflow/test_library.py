@@ -252,3 +252,38 @@ def test_the_pipeline_checks_its_input_before_it_builds(kernel: Kernel) -> None:
     assert said.phases() == []
     assert repo.ref(REF_PRE) == kernel.rev("HEAD")  # first use records pre, and says so
     assert said.events[-1][0] == "note" and "created at HEAD" in said.events[-1][1]
+
+
+# -- the hook's queue ----------------------------------------------------------------------
+
+
+def test_watched_patterns_match_as_for_each_ref_does() -> None:
+    from git_ksplice.hooks import watched_refs
+
+    known = {"refs/heads/main", "refs/heads/fix/a", "refs/heads/fix/deep/b",
+             "refs/remotes/origin/fixes", "refs/heads/fixes"}
+    assert watched_refs(["fix/*"], known) == ["refs/heads/fix/a"]
+    assert watched_refs(["fix/**"], known) == ["refs/heads/fix/a", "refs/heads/fix/deep/b"]
+    assert watched_refs(["origin/fixes", "main"], known) == ["refs/remotes/origin/fixes",
+                                                             "refs/heads/main"]
+    assert watched_refs(["refs/heads/new"], known) == ["refs/heads/new"]
+
+
+def test_the_queue_takes_each_landed_commit_once_and_caps_a_flood(kernel: Kernel) -> None:
+    from git_ksplice import hooks
+
+    kernel.git("update-ref", REF_PRE, kernel.rev("HEAD"))
+    kernel.git("config", "--add", "ksplice.watch", "main")
+    kernel.git("config", "ksplice.hookLimit", "2")
+    hooks.record_tips(Repo.discover(kernel.path))
+    first = kernel.commit("one", PROC_FIX)
+    jobs = hooks.enqueue(str(kernel.path))
+    assert [(j.commit, j.subject, j.ref) for j in jobs] == [(first, "one", "refs/heads/main")]
+    assert hooks.enqueue(str(kernel.path)) == []  # nothing moved since
+    for i in range(3):
+        kernel.commit(f"more {i}", {"fs/proc.c": ("up and running" if i == 0 else f"up {i - 1}",
+                                                  f"up {i}")})
+    flood = hooks.enqueue(str(kernel.path))
+    assert [j.commit for j in flood] == [kernel.rev("HEAD")]
+    assert flood[0].note is not None and "3 commits arrived at once" in flood[0].note
+    assert [j.seq for j in hooks.Queue(Repo.discover(kernel.path).common_dir).jobs()] == [1, 2]
