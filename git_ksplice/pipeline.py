@@ -128,6 +128,12 @@ class _Run:
         self.update = Update(self.id)  # filled as the phases go
 
     def run(self) -> Created | Prebuilt:
+        try:
+            return self._phases()
+        finally:
+            self.say.stop()  # however it ends, nothing stays live on the screen
+
+    def _phases(self) -> Created | Prebuilt:
         self._check_output_dir()
         timestamp()  # a bad SOURCE_DATE_EPOCH is reported now, not after the build
         with self.repo.lock(wait=self.settings.wait, on_wait=self._waiting):
@@ -151,8 +157,6 @@ class _Run:
             except BaseException:
                 self._release_post()
                 raise
-            finally:
-                self.say.stop()
         assert self.change is not None
         return Created(self.id, tarball, self.pre, self.change.post, self.settings.series,
                        changed, manifest)

@@ -520,8 +520,14 @@ class Repo:
         return [Path(line[9:]) for line in out.splitlines() if line.startswith("worktree ")]
 
     def add_worktree(self, path: Path, commit: str) -> None:
+        """A detached worktree of ours at `commit`. Registered without a checkout, then
+        checked out: while `worktree add` runs, the new worktree's HEAD is a placeholder, and
+        a user's `git fetch` at that moment fails its connectivity check on it; without the
+        checkout (seconds for a kernel tree) that moment is a few milliseconds."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.git("worktree", "add", "--detach", "--quiet", str(path), commit, isolated=True)
+        self.git("worktree", "add", "--detach", "--no-checkout", "--quiet", str(path), commit,
+                 isolated=True)
+        self.checkout(path, commit)
         self.git("worktree", "lock", "--reason", "git-ksplice build tree", str(path),
                  isolated=True, check=False)
 
