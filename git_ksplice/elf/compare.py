@@ -18,11 +18,12 @@ contents through an unchanged reference, so it changed too.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from git_ksplice.elf import names
 from git_ksplice.elf.correlate import Correlation
-from git_ksplice.elf.model import RELOC_SIZES, SHF_STRINGS, STT_NOTYPE, Reloc, Section
+from git_ksplice.elf.model import RELOC_SIZES, SHF_STRINGS, STT_NOTYPE, Reloc
 from git_ksplice.elf.sections import TABLES, Kind, infer_entry_size
 from git_ksplice.elf.units import ObjectIndex, Target, Unit
 from git_ksplice.elf.x86 import LINE_CONSUMERS, is_line_argument_load
@@ -35,37 +36,37 @@ _DESCRIPTIVE_TABLES = ("__bug_table", "__ex_table", "__jump_table", ".altinstruc
 
 
 class Comparison:
+    """Compares every PATCHED unit with its ORIG twin, on creation.
+
+    The verdicts are recorded on the PATCHED units: `Unit.status` (NEW, SAME, CHANGED),
+    `Unit.reason` for what changed, `Unit.init_users` for changed read-only data that __init
+    code uses. Both sides' functions get their special-section entries (`Unit.entries`).
+    """
+
     def __init__(self, corr: Correlation, entry_sizes: dict[str, int]) -> None:
         self.corr = corr
         self.o, self.p = corr.o, corr.p
         self.entry_sizes = entry_sizes
-        self.status: dict[int, str] = {}
-        self.reason: dict[int, str] = {}
         #: (unit label, section, message) differences that were recognised as no change.
         self.ignored: list[tuple[str, str, str]] = []
-        #: changed read-only data -> the __init code that uses it (which will not run again)
-        self.init_users: dict[int, set[str]] = {}
-        self._entries_o = self._entries_by_function(self.o)
-        self._entries_p = self._entries_by_function(self.p)
+        self._entries_by_function(self.o)
+        self._entries_by_function(self.p)
         for u in self.p.units:
             self._compare(u)
         self._propagate()
-
-    def of(self, unit: Unit) -> str:
-        return self.status[id(unit)]
 
     # -- pairing -------------------------------------------------------------------------
 
     def twin(self, u: Unit) -> Unit | None:
         """The ORIG unit of a PATCHED unit."""
         if u.symbol is not None:
-            o = self.corr.orig_of(u.symbol)
-            return self.o.unit_of_symbol.get(id(o)) if o is not None else None
-        osec = self.corr.orig_section(u.section)
+            o = u.symbol.twin
+            return o.unit if o is not None else None
+        osec = u.section.twin
         if osec is None:
             return None
-        pieces_o = self.o.anon_units.get(id(osec), [])
-        pieces_p = self.p.anon_units.get(id(u.section), [])
+        pieces_o = osec.anon_units or []
+        pieces_p = u.section.anon_units or []
         if len(pieces_o) != len(pieces_p):
             return None
         return pieces_o[pieces_p.index(u)]
@@ -80,7 +81,7 @@ class Comparison:
             return ("self", t.offset)
         if sym is not None and names.is_special_static(sym.name, sec.name if sec else None):
             return ("bookkeeping", names.demangle(sym.name), t.addend)
-        if sec is not None and (index.kind[id(sec)] == Kind.STRINGS or sec.flags & SHF_STRINGS):
+        if sec is not None and (sec.kind == Kind.STRINGS or sec.flags & SHF_STRINGS):
             off = t.offset if sym is None else sym.value + t.offset
             return ("string", sec.string_at(off))
         if sym is not None and sym.type == STT_NOTYPE and sym.is_local:
@@ -88,35 +89,34 @@ class Comparison:
         if sym is not None:
             ident = sym
             if patched:
-                o = self.corr.orig_of(sym)
+                o = sym.twin
                 if o is None:
                     return ("new", sym.name, t.addend)
                 ident = o
             if not ident.defined:
                 return ("undefined", ident.name, t.addend)
-            return ("symbol", id(ident), t.addend)
+            return ("symbol", ident, t.addend)  # the ORIG symbol itself: equal by identity
         assert sec is not None
         if sec.name == ".altinstr_aux":
             return ("altinstr_aux",)
         if sec.name.startswith(".rodata.cst") and sec.entsize:
             return ("constant", sec.data[t.offset:t.offset + sec.entsize])
-        if index.kind[id(sec)] == Kind.AUX_TEXT:
+        if sec.kind == Kind.AUX_TEXT:
             piece = index.anon_at(sec, t.offset)
             if piece is not None:
                 return ("code", t.offset - piece.start, *self._piece_key(index, piece, patched))
-        osec = self.corr.orig_section(sec) if patched else sec
+        osec = sec.twin if patched else sec
         if osec is None:
             return ("new section", sec.name, t.addend)
-        return ("section", id(osec), t.addend)
+        return ("section", osec, t.addend)
 
     def _piece_key(self, index: ObjectIndex, piece: Unit, patched: bool) -> tuple[Any, ...]:
         keys = []
         for r in piece.relocs:
             t = index.target(r, piece)
-            if t.symbol is not None and t.section is not None and index.kind[
-                    id(t.section)] == Kind.TEXT:
+            if t.symbol is not None and t.section is not None and t.section.kind == Kind.TEXT:
                 keys.append((r.offset - piece.start, r.type, "into", t.offset))
-            elif t.section is not None and index.kind[id(t.section)] == Kind.AUX_TEXT:
+            elif t.section is not None and t.section.kind == Kind.AUX_TEXT:
                 keys.append((r.offset - piece.start, r.type, "aux", t.offset))
             else:
                 keys.append((r.offset - piece.start, r.type,
@@ -130,11 +130,10 @@ class Comparison:
 
     # -- special-section entries ---------------------------------------------------------
 
-    def _entries_by_function(self, index: ObjectIndex
-                             ) -> dict[int, list[tuple[Section, int, int, list[Reloc]]]]:
+    def _entries_by_function(self, index: ObjectIndex) -> None:
         """Entries of the descriptive tables, grouped by the function their first field
-        points into: unit id -> [(table, entry start, entry size, relocations)]."""
-        out: dict[int, list[tuple[Section, int, int, list[Reloc]]]] = {}
+        points into: each such function's `Unit.entries`, [(table, entry start, entry size,
+        relocations)] in table order."""
         for sec in index.obj.sections:
             if sec.name not in _DESCRIPTIVE_TABLES or not sec.relocs:
                 continue
@@ -149,13 +148,18 @@ class Comparison:
             for start, relocs in entries.items():
                 site = index.unit_of(index.target(relocs[0], None))
                 if site is not None and site.is_function:
-                    out.setdefault(id(site), []).append((sec, start, size, relocs))
-        return out
+                    if site.entries is None:
+                        site.entries = []
+                    site.entries.append((sec, start, size, relocs))
 
-    def entry_keys(self, index: ObjectIndex, unit: Unit, patched: bool) -> list[tuple[Any, ...]]:
-        table = (self._entries_p if patched else self._entries_o).get(id(unit), [])
-        keys = []
-        for sec, start, size, relocs in table:
+    def entry_keys(self, index: ObjectIndex, unit: Unit, patched: bool
+                   ) -> Counter[tuple[Any, ...]]:
+        """What the special-section entries of `unit` say, comparably across the objects.
+
+        The order of a function's entries is no part of what they say, so the keys are
+        counted, not listed: two functions' entries are the same when the counts are."""
+        keys: Counter[tuple[Any, ...]] = Counter()
+        for sec, start, size, relocs in unit.entries or []:
             covered: set[int] = set()
             for r in relocs:
                 first = r.offset - start
@@ -167,25 +171,25 @@ class Comparison:
             fixed = bytes(b for i, b in enumerate(data) if i not in covered)
             targets = tuple(self.target_key(index, index.target(r, None), patched, unit)
                             for r in relocs)
-            keys.append((sec.name, fixed, targets))
-        return sorted(keys, key=repr)
+            keys[(sec.name, fixed, targets)] += 1
+        return keys
 
     # -- comparison ----------------------------------------------------------------------
 
     def _compare(self, u: Unit) -> None:
         o = self.twin(u)
         if o is None:
-            self.status[id(u)] = NEW
+            u.status = NEW
             return
         if u.kind == Kind.STRINGS or u.section.name == ".altinstr_aux":
             # References compare string contents; .altinstr_aux is only reached through
             # alternatives, which are compared with the function they belong to.
-            self.status[id(u)] = SAME
+            u.status = SAME
             return
         why = self._difference(o, u)
-        self.status[id(u)] = CHANGED if why else SAME
+        u.status = CHANGED if why else SAME
         if why:
-            self.reason[id(u)] = why
+            u.reason = why
 
     def _difference(self, o: Unit, p: Unit) -> str:
         if o.size != p.size:
@@ -259,20 +263,22 @@ class Comparison:
         return True
 
     def _propagate(self) -> None:
-        changed = [u for u in self.p.units if self.status[id(u)] == CHANGED]
+        changed = [u for u in self.p.units if u.status == CHANGED]
         while changed:
             tu = changed.pop()
             if tu.kind not in (Kind.RODATA, Kind.TEXT, Kind.AUX_TEXT) and not tu.is_function:
                 continue
             for u, _, r in self.p.referrers(tu):
-                if u is None or u is tu or self.status[id(u)] != SAME:
+                if u is None or u is tu or u.status != SAME:
                     continue
                 if u.kind in (Kind.INIT, Kind.IGNORED):
                     # __init code already ran and is gone: nothing to re-link. But what it did
                     # with the data (registered an ops table, say) still points at the old
                     # copy, so the change cannot take effect: the differ refuses it.
                     if u.kind == Kind.INIT and tu.kind == Kind.RODATA:
-                        self.init_users.setdefault(id(tu), set()).add(u.label)
+                        if tu.init_users is None:
+                            tu.init_users = set()
+                        tu.init_users.add(u.label)
                     continue
                 t = self.p.target(r, u)
                 if tu.kind == Kind.RODATA:
@@ -281,6 +287,6 @@ class Comparison:
                     why = f"refers into the changed function {tu.label} (+{t.offset:#x})"
                 else:
                     continue
-                self.status[id(u)] = CHANGED
-                self.reason[id(u)] = why
+                u.status = CHANGED
+                u.reason = why
                 changed.append(u)

@@ -1,16 +1,66 @@
-"""Which symbol of PATCHED is which symbol of ORIG.
+"""Which symbol of PATCHED is which symbol of ORIG, and which section is which.
 
-Rules, in order:
-- globals, defined or not, by exact name;
-- locals within their FILE block (blocks paired by name in order), by name with gcc's
-  numbering ignored; several candidates (clones renumbered by a new clone) are told apart by
-  identical contents, then by exact name;
-- a symbol whose binding changed (a function made static) by exact name, with a warning;
-- function-scope statics (`count.3`) through the functions that use them, since their
-  numbers change whenever another static appears; a leftover unique by name on both sides is
-  the same variable (it moved with inlining);
-- never: compiler bookkeeping statics (fresh copies), assembler labels, FILE/SECTION symbols;
-- sections through the symbol they carry, else by name with numbering ignored.
+Everything the differ says afterwards rests on this pairing: a PATCHED function with an ORIG
+twin is compared with it (and replaces it), one without is new; a relocation to a PATCHED
+symbol counts as unchanged only if it goes to the twin of what the ORIG relocation went to.
+A pairing that is too eager makes two different things look the same (an update that keeps
+running old code); one that is too shy turns renamed-but-identical code and data into new
+copies (an update that is larger than needed, and statics that lose their state). The result
+is recorded on the objects: `Symbol.twin` on both symbols of a pair, `Section.twin` on the
+PATCHED section.
+
+The levels are tried in order, each only on what the earlier ones left unpaired:
+
+1. Global symbols, defined or undefined, by exact name. A global's name is what the linker
+   and the running kernel know it by (`vfs_read` is `vfs_read` in both objects), and undefined
+   ones (`printk`, `__fentry__`) must pair for references to them to compare equal.
+2. Local symbols within their FILE block, by type and by name with gcc's numbering removed
+   (`names.demangle`). FILE blocks keep apart two `static int init(void)` of different source
+   files in one combined object (`ld -r` of several .c files). The numbers must go because
+   gcc hands them out per translation unit in creation order: in the corpus case
+   gcc-constprop (kernel/time/timekeeping.c), one new constant-propagated clone renumbers
+   every later one, `timekeeping_forward_now.constprop.5` becoming `.constprop.6` and
+   `tk_xtime_add.constprop.8` becoming `.constprop.9`, all of them unchanged code. When
+   several symbols share a numberless name (two `foo.constprop` clones), `_pair_group`
+   tells them apart. The `.constprop`/`.isra`/`.part` marker itself is kept, so a clone or a
+   split-off part never pairs with the function it came from: it is other code, with its
+   own calling convention.
+3. A symbol whose binding changed, by exact name, with a warning. A patch that only adds
+   `static` to a function (the kernel's many "make foo static" fixes for sparse's "symbol
+   was not declared" warning) leaves a global in ORIG and a local in PATCHED, which neither
+   level above pairs. They are the same function; unpaired, it would look new, and so would
+   every caller's call to it.
+4. Function-scope statics (`static DEFINE_SPINLOCK(lock)` inside a function), through the
+   functions that use them (`_correlate_statics`). gcc gives each a number (its internal
+   declaration counter in older versions, a smaller counter in newer ones), so a declaration
+   or another static added higher up the file renumbers the rest: in the corpus case
+   gcc-static-local-var-3 (kernel/reboot.c), `cad_work.45124` becomes `cad_work.45127`.
+   And a name alone is ambiguous: in the corpus case
+   static-local-moved-subfunction-issue-1054 (kernel/audit.c), ORIG has
+   `lock.65414` (used by audit_log_start and audit_log_end) and `lock.65427` (used by
+   audit_log_lost), and PATCHED has `lock.65417` and `lock.65433`. What identifies a static
+   is the function it is declared in, and that function is (in almost every case) the one
+   whose code refers to it.
+5. The statics no user tells apart: one left unpaired of that numberless name on both sides
+   (and only one in ORIG) is the same variable, whose users all changed name; gcc moves a
+   static's uses into a new clone when it splits a function (in the same audit.c case,
+   PATCHED's `lock.65417` is used by the new `audit_log_end.part.17` rather than by
+   audit_log_end; there audit_log_start still shares it, so level 4 is enough, but a static
+   used by one split function has no other witness). Failing that: the same name, number
+   included, and the same size. What stays unpaired is treated as new, with a warning: it
+   starts from its initial value.
+
+Never correlated: statics that kernel macros create for their own bookkeeping (lockdep's
+`__key.N`, WARN_ONCE's flags, dynamic-debug descriptors: `names.is_special_static`), for
+which the update gets fresh copies; assembler labels (local NOTYPE: `.LC0`); FILE and
+SECTION symbols; symbols of ignored sections (objtool annotations, `.discard.*`).
+
+Sections follow their symbols: a PATCHED section is the ORIG section holding the twin of a
+symbol it holds, at the same offset (`.text.foo` follows `foo`, also when the symbol was
+renumbered). A section without such a symbol (string literals, `.altinstr_replacement`) is
+paired by name with the numbering removed, when exactly one ORIG section has that name:
+`.rodata.__timekeeping_inject_sleeptime.constprop.4.str1.8` then still finds its ORIG
+counterpart after the clone became `.constprop.5`.
 """
 
 from __future__ import annotations
@@ -33,48 +83,52 @@ from git_ksplice.elf.units import ObjectIndex
 
 
 class Correlation:
+    """Pairs the symbols and sections of two indexed objects (the levels above), on creation.
+
+    The pairs are recorded on the objects themselves (`Symbol.twin`, `Section.twin`); what
+    remains here is the report's warnings.
+    """
+
     def __init__(self, orig: ObjectIndex, patched: ObjectIndex) -> None:
         self.o = orig
         self.p = patched
-        self._twin_p: dict[int, Symbol] = {}
-        self._twin_o: dict[int, Symbol] = {}
-        self._sec_twin_p: dict[int, Section] = {}
         #: (symbol, section, message) notes for the report.
         self.warnings: list[tuple[str, str | None, str]] = []
         self._run()
 
-    def orig_of(self, sym: Symbol) -> Symbol | None:
-        """The ORIG twin of a PATCHED symbol."""
-        return self._twin_p.get(id(sym))
-
-    def patched_of(self, sym: Symbol) -> Symbol | None:
-        return self._twin_o.get(id(sym))
-
-    def orig_section(self, sec: Section) -> Section | None:
-        return self._sec_twin_p.get(id(sec))
-
     def _pair(self, o: Symbol, p: Symbol) -> None:
-        self._twin_p[id(p)] = o
-        self._twin_o[id(o)] = p
+        p.twin = o
+        o.twin = p
 
     def _candidates(self, index: ObjectIndex) -> list[Symbol]:
         out = []
         for s in index.obj.symbols[1:]:
             if s.type in (STT_FILE, STT_SECTION):
                 continue
-            if s.section is not None and index.kind[id(s.section)] == Kind.IGNORED:
+            if s.section is not None and s.section.kind == Kind.IGNORED:
                 continue  # objtool annotations, .discard.addressable ...
             out.append(s)
         return out
 
     def _run(self) -> None:
         osyms, psyms = self._candidates(self.o), self._candidates(self.p)
+        self._correlate_globals(osyms, psyms)
+        statics_o, statics_p = self._correlate_locals(osyms, psyms)
+        self._correlate_rebound(osyms, psyms)
+        self._correlate_statics(statics_o, statics_p)
+        self._correlate_sections()
 
+    def _correlate_globals(self, osyms: list[Symbol], psyms: list[Symbol]) -> None:
+        """Level 1: globals by exact name."""
         oglob = {s.name: s for s in osyms if not s.is_local}
         for p in psyms:
             if not p.is_local and p.name in oglob:
                 self._pair(oglob[p.name], p)
 
+    def _correlate_locals(self, osyms: list[Symbol], psyms: list[Symbol]
+                          ) -> tuple[list[Symbol], list[Symbol]]:
+        """Level 2: locals of matching FILE blocks by type and numberless name. Returns the
+        numbered function-scope statics of both sides, which levels 4 and 5 pair."""
         oblocks, pblocks = _file_blocks(osyms), _file_blocks(psyms)
         statics_o: list[Symbol] = []
         statics_p: list[Symbol] = []
@@ -83,11 +137,15 @@ class Correlation:
             pbyname = _by_demangled_name(plist, statics_p)
             for k, ps in pbyname.items():
                 self._pair_group(obyname.get(k, []), ps)
+        return statics_o, statics_p
 
-        ounpaired = {s.name: s for s in osyms if id(s) not in self._twin_o and s.defined
+    def _correlate_rebound(self, osyms: list[Symbol], psyms: list[Symbol]) -> None:
+        """Level 3: a defined symbol left unpaired whose exact name and type match one of
+        ORIG's but whose binding changed (global made static, or static made global)."""
+        ounpaired = {s.name: s for s in osyms if s.twin is None and s.defined
                      and _correlatable(s)}
         for p in psyms:
-            if id(p) in self._twin_p or not p.defined or p.name not in ounpaired:
+            if p.twin is not None or not p.defined or p.name not in ounpaired:
                 continue
             o = ounpaired.pop(p.name)
             if o.type == p.type and o.is_local != p.is_local:
@@ -95,9 +153,6 @@ class Correlation:
                 self.warnings.append((p.name, _secname(p),
                                       f"binding changed from {BIND_NAMES[o.bind]} to "
                                       f"{BIND_NAMES[p.bind]}"))
-
-        self._correlate_statics(statics_o, statics_p)
-        self._correlate_sections()
 
     def _pair_group(self, os_: list[Symbol], ps: list[Symbol]) -> None:
         """Pair same-named (numbering aside) locals of one FILE block.
@@ -127,53 +182,80 @@ class Correlation:
             for o, p in zip(left_o, left_p, strict=True):
                 self._pair(o, p)
 
-    def _users(self, index: ObjectIndex, sym: Symbol) -> set[int]:
-        """ids of the functions whose code refers to `sym`."""
-        unit = index.unit_of_symbol.get(id(sym))
+    def _users(self, index: ObjectIndex, sym: Symbol) -> set[Symbol]:
+        """The functions (their symbols) whose code refers to `sym`."""
+        unit = sym.unit
         if unit is None:
             return set()
-        return {id(u.symbol) for u, _, _ in index.referrers(unit)
-                if u is not None and u.is_function}
+        return {u.symbol for u, _, _ in index.referrers(unit)
+                if u is not None and u.is_function and u.symbol is not None}
 
     def _correlate_statics(self, statics_o: list[Symbol], statics_p: list[Symbol]) -> None:
+        """Levels 4 and 5: numbered function-scope statics, through their users.
+
+        Functions are paired by now (levels 1 to 3), so "used by the same functions" can be
+        asked across the objects: a PATCHED static's users are mapped to their ORIG twins
+        and compared with each ORIG candidate's users. Candidates must have the same type
+        and numberless name (`lock.65417` can only be some `lock.N`).
+        """
         if not statics_p:
             return
-        users_o = {id(s): self._users(self.o, s) for s in statics_o}
+        self._pair_statics_by_users(statics_o, statics_p)
+        self._pair_leftover_statics(statics_o, statics_p)
+
+    def _pair_statics_by_users(self, statics_o: list[Symbol], statics_p: list[Symbol]
+                               ) -> None:
+        """Level 4. Every (ORIG, PATCHED) candidate pair that shares at least one user is
+        scored by how many users it shares; pairs are then taken best score first, each
+        symbol at most once. Ties go to the pair earliest in the symbol tables (ORIG's order
+        first), which keeps the result independent of dict and set order. A static used by
+        several functions (audit.c's `lock.65414`, used by audit_log_start and audit_log_end)
+        thus goes with the candidate that shares most of them, even when one of its users
+        changed or was split into a new clone in PATCHED."""
+        users_o = [(o, self._users(self.o, o)) for o in statics_o]
         scored = []
         for p in statics_p:
-            up = set()
-            for u in self._users(self.p, p):
-                o = self._twin_p.get(u)
-                if o is not None:
-                    up.add(id(o))
+            # p's users, as ORIG symbols; users with no twin (new functions) tell nothing.
+            up = {u.twin for u in self._users(self.p, p) if u.twin is not None}
             key = names.demangle(p.name)
-            for o in statics_o:
+            for o, o_users in users_o:
                 if o.type != p.type or names.demangle(o.name) != key:
                     continue
-                score = len(users_o[id(o)] & up)
+                score = len(o_users & up)
                 if score:
                     scored.append((-score, o.index, p.index, o, p))
         scored.sort(key=lambda t: t[:3])
         for _, _, _, o, p in scored:
-            if id(o) not in self._twin_o and id(p) not in self._twin_p:
+            if o.twin is None and p.twin is None:
                 self._pair(o, p)
+
+    def _pair_leftover_statics(self, statics_o: list[Symbol], statics_p: list[Symbol]
+                               ) -> None:
+        """Level 5, for the statics level 4 left, grouped by numberless name.
+
+        - One left on each side, and ORIG never had another of that name: the same variable,
+          whose users all changed or moved (inlined into a new `.part` clone, say).
+        - Otherwise the exact name, number included, with the same size: the numbers did not
+          move (no declaration was added before them), which is the best evidence left for
+          statics that only tables refer to.
+        - Whatever still has candidates on both sides is reported: it becomes a new variable,
+          which starts from its initial value instead of the running kernel's state.
+        """
         left_o: dict[str, list[Symbol]] = defaultdict(list)
         left_p: dict[str, list[Symbol]] = defaultdict(list)
         count_o: dict[str, int] = defaultdict(int)
         for o in statics_o:
             count_o[names.demangle(o.name)] += 1
-            if id(o) not in self._twin_o:
+            if o.twin is None:
                 left_o[names.demangle(o.name)].append(o)
         for p in statics_p:
-            if id(p) not in self._twin_p:
+            if p.twin is None:
                 left_p[names.demangle(p.name)].append(p)
         for key, ps in left_p.items():
             os_ = left_o.get(key, [])
             if len(ps) == 1 and len(os_) == 1 and count_o[key] == 1:
                 self._pair(os_[0], ps[0])
                 continue
-            # No function tells them apart (statics only tables refer to): the same name,
-            # numbering included, is the best evidence left.
             by_name = {o.name: o for o in os_}
             for p in list(ps):
                 o = by_name.pop(p.name, None)
@@ -191,20 +273,22 @@ class Correlation:
                                           "initial value"))
 
     def _correlate_sections(self) -> None:
+        """Sections: through a symbol whose twin sits at the same offset, else by numberless
+        name when that name is unique in ORIG (see the module docstring)."""
         for p in self.p.obj.sections:
             for sym in p.symbols:
-                o = self._twin_p.get(id(sym))
+                o = sym.twin
                 if o is not None and o.section is not None and o.value == sym.value:
-                    self._sec_twin_p[id(p)] = o.section
+                    p.twin = o.section
                     break
         by_name: dict[str, list[Section]] = defaultdict(list)
         for s in self.o.obj.sections:
             by_name[names.demangle(s.name)].append(s)
         for p in self.p.obj.sections:
-            if id(p) not in self._sec_twin_p:
+            if p.twin is None:
                 cands = by_name.get(names.demangle(p.name), [])
                 if len(cands) == 1:
-                    self._sec_twin_p[id(p)] = cands[0]
+                    p.twin = cands[0]
 
 
 def _correlatable(s: Symbol) -> bool:

@@ -123,6 +123,14 @@ class DiffResult:
 
 def diff_objects(orig: ElfObject, patched: ElfObject, options: Options | None = None
                  ) -> DiffResult:
+    """Diff two objects read with `read_object`.
+
+    What each phase finds is recorded on the objects' symbols and sections (`Symbol.twin`,
+    `Section.kind`, ...), so both sides must be separate objects: one object passed as both
+    is diffed against a duplicate of itself.
+    """
+    if patched is orig:
+        patched = orig.duplicate()
     return _Differ(orig, patched, options or Options()).run()
 
 
@@ -136,12 +144,8 @@ class _Differ:
         self.cmp = Comparison(self.corr, options.entry_sizes)
         self.res.warnings.extend(Finding(*w) for w in self.corr.warnings)
         self.res.ignored.extend(Finding(*i) for i in self.cmp.ignored)
-        self.status = self.cmp.status
-        #: Changed functions without __fentry__, copied along with their callers.
-        self.carried: dict[int, str] = {}
-        #: Included units in order of inclusion: unit id -> (unit, why).
-        self.included: dict[int, tuple[Unit, str]] = {}
-        self.kept_entries: dict[int, list[tuple[int, int]]] = {}
+        #: Included units in order of inclusion; each one's `Unit.included` says why.
+        self.included: list[Unit] = []
 
     def run(self) -> DiffResult:
         self._untraceable()
@@ -154,11 +158,10 @@ class _Differ:
         if self.res.refusals or not self.included:
             return self.res
         self._report()
-        replaced = {id(u) for u, _ in self.included.values()
-                    if u.is_function and self.status[id(u)] == CHANGED
-                    and id(u) not in self.carried and u.fentry is not None}
-        self.res.output = extract(self.p, self.corr, [u for u, _ in self.included.values()],
-                                  replaced, self.kept_entries, self._import_namespaces())
+        replaced = {u for u in self.included
+                    if u.is_function and u.status == CHANGED
+                    and u.carried is None and u.fentry is not None}
+        self.res.output = extract(self.p, self.included, replaced, self._import_namespaces())
         if self.res.output.mcount_entries:
             src = self.p.obj.section("__mcount_loc")
             self.res.special_sections.append({
@@ -179,13 +182,13 @@ class _Differ:
         part) cannot be redirected by ftrace. If it is static and only called, its callers
         are replaced instead, each calling a copy of it; otherwise the change is refused."""
         work = [u for u in self.p.units if u.is_function and u.kind == Kind.TEXT
-                and self.status[id(u)] == CHANGED]
-        seen: set[int] = set()
+                and u.status == CHANGED]
+        seen: set[Unit] = set()
         while work:
             u = work.pop()
-            if id(u) in seen:
+            if u in seen:
                 continue
-            seen.add(id(u))
+            seen.add(u)
             ou = self.cmp.twin(u)
             if ou is None or ou.fentry is not None:
                 continue
@@ -208,20 +211,19 @@ class _Differ:
                               "changed function has no __fentry__ call and nothing in this "
                               "object calls it")
                 continue
-            self.carried[id(u)] = ("no __fentry__ call: copied for its callers ("
-                                   + ", ".join(sorted({c.label for c in callers})) + ")")
+            u.carried = ("no __fentry__ call: copied for its callers ("
+                         + ", ".join(sorted({c.label for c in callers})) + ")")
             for c in callers:
-                if self.status[id(c)] == SAME:
-                    self.status[id(c)] = CHANGED
-                    self.cmp.reason[id(c)] = (f"calls {u.label}, which changed and has no "
-                                              "__fentry__ call")
+                if c.status == SAME:
+                    c.status = CHANGED
+                    c.reason = f"calls {u.label}, which changed and has no __fentry__ call"
                 work.append(c)
 
     def _callers(self, unit: Unit) -> tuple[list[Unit], str | None]:
         callers = []
         for u, sec, _ in self.p.referrers(unit):
             if u is None:
-                kind = self.p.kind[id(sec)]
+                kind = sec.kind
                 if kind in (Kind.TABLE, Kind.MCOUNT, Kind.IGNORED):
                     continue  # tables describing the code, not calls
                 return [], sec.name
@@ -236,103 +238,133 @@ class _Differ:
     # -- refusals ------------------------------------------------------------------------
 
     def _refuse(self) -> None:
+        """Refuse (or warn about) each difference a running kernel cannot take.
+
+        Code can be replaced, because ftrace sends calls to the new copy; other things are
+        read or run where they are, or were used once at boot, so a different copy in the
+        update would change nothing or break something. Each check is for one kind of
+        section, since what a difference means depends on what the section holds.
+        """
         for u in self.p.units:
-            st = self.status[id(u)]
-            if st == SAME:
+            if u.status == SAME:
                 continue
-            kind = u.kind
-            reason = self.cmp.reason.get(id(u), "")
-            bookkeeping = names.is_special_static(u.name, u.section.name)
-            if kind == Kind.INIT and u.section.name.startswith(_INITCALL_SECTIONS):
-                # A new (or different) registration of boot-time code: the update could not
-                # run it, and without it the rest of the change may be incomplete.
-                self._refusal(u, None, f"{'adds' if st == NEW else 'changes'} an initcall "
-                              f"({u.section.name}): initcalls run only at boot, so a live "
-                              "update cannot run it; do the setup in a livepatch callback, "
-                              "or in code the update replaces")
-            elif kind == Kind.INIT and st == CHANGED:
-                what = "code" if u.is_function else "data"
-                self._refusal(u, None, f"changed __init/__exit {what} ({reason}): it runs "
-                              "only at boot or unload and is discarded, so a live update "
-                              "cannot apply it")
-            elif kind == Kind.DATA and st == CHANGED and not bookkeeping:
-                o = self.cmp.twin(u)
-                if o is not None and o.size != u.size:
-                    self._refusal(u, None, f"existing data resized ({o.size} -> {u.size} "
-                                  "bytes): the running kernel's object cannot grow or shrink")
-                else:
-                    self._refusal(u, None, f"changed initialiser of existing data ({reason}): "
-                                  "the running kernel's copy holds live state and is not "
-                                  "re-initialised; make the change in code (a livepatch "
-                                  "callback or a shadow variable)")
-            elif kind == Kind.RODATA and st == CHANGED and id(u) in self.cmp.init_users:
-                users = ", ".join(sorted(self.cmp.init_users[id(u)]))
-                self._refusal(u, None, f"changed read-only data ({reason}) used by __init code "
-                              f"({users}), which ran at boot and may have kept its address "
-                              "(a registered ops table, say): the running kernel would go on "
-                              "using the old copy; make the change in code the running kernel "
-                              "calls")
-            elif kind == Kind.PERCPU and st == CHANGED:
-                self._refusal(u, None, "changed per-CPU data")
-            elif kind == Kind.PERCPU and st == NEW and u.symbol is not None:
-                self.res.warnings.append(Finding(
-                    u.label, u.section.name,
-                    "new per-CPU variable: every CPU's copy starts from its initial value when "
-                    "the update loads, and its state is lost if a later update replaces this "
-                    "one"))
-            elif kind == Kind.EXPORT and u.section.name != "__ksymtab_strings":
-                self._refusal(u, None, "adds an exported symbol: a livepatch module cannot "
-                              "add exports to the kernel it patches" if st == NEW else
-                              f"changes an exported symbol's entry ({reason})")
-            elif kind == Kind.METADATA and not bookkeeping:
-                self._refusal(u, None, f"{'adds' if st == NEW else 'changes'} an entry of "
-                              f"{u.section.name}, which the kernel reads only at boot or "
-                              "module load")
-            elif kind == Kind.AUX_TEXT and u.section.name == ".static_call.text":
-                self._refusal(u, None, "changes a static call trampoline")
-            elif kind == Kind.UNKNOWN:
-                self._refusal(u, None, f"section {u.section.name} differs and git-ksplice "
-                              "does not know what it holds: refusing rather than guessing")
-            elif kind in (Kind.DATA, Kind.RODATA) and st == NEW and u.symbol is not None \
-                    and not bookkeeping and u.section.flags & SHF_WRITE:
-                self.res.warnings.append(Finding(
-                    u.label, u.section.name,
-                    "new writable variable: it starts from its initial value when the update "
-                    "loads, and its state is lost if a later update replaces this one"))
+            if u.kind == Kind.INIT:
+                self._refuse_boot_time(u)
+            elif u.kind in (Kind.DATA, Kind.RODATA, Kind.PERCPU):
+                self._refuse_data(u)
+            else:
+                self._refuse_registration(u)
         for sec in self.p.obj.sections:
-            if sec.type == SHT_GROUP and any(self.status.get(id(u)) != SAME
+            if sec.type == SHT_GROUP and any(u.status != SAME
                                              for m in sec.group_members
                                              for u in self.p.units if u.section is m):
                 self._refusal(None, sec.name, "changed section group (COMDAT): not supported")
 
+    def _refuse_boot_time(self, u: Unit) -> None:
+        """__init/__exit code and data, and initcall registrations: they ran at boot (or run
+        at unload) and are freed, so an update has nothing to run them again with."""
+        st = u.status
+        if u.section.name.startswith(_INITCALL_SECTIONS):
+            # A new (or different) registration of boot-time code: the update could not
+            # run it, and without it the rest of the change may be incomplete.
+            self._refusal(u, None, f"{'adds' if st == NEW else 'changes'} an initcall "
+                          f"({u.section.name}): initcalls run only at boot, so a live "
+                          "update cannot run it; do the setup in a livepatch callback, "
+                          "or in code the update replaces")
+        elif st == CHANGED:
+            what = "code" if u.is_function else "data"
+            self._refusal(u, None, f"changed __init/__exit {what} ({u.reason}): it runs "
+                          "only at boot or unload and is discarded, so a live update "
+                          "cannot apply it")
+
+    def _refuse_data(self, u: Unit) -> None:
+        """Data the running kernel already holds keeps its state and its address: a changed
+        initialiser never takes effect there, and a size change cannot. New variables are
+        fine, but start from their initial value, which the user is warned about."""
+        st, reason = u.status, u.reason
+        bookkeeping = names.is_special_static(u.name, u.section.name)
+        if u.kind == Kind.DATA and st == CHANGED and not bookkeeping:
+            o = self.cmp.twin(u)
+            if o is not None and o.size != u.size:
+                self._refusal(u, None, f"existing data resized ({o.size} -> {u.size} "
+                              "bytes): the running kernel's object cannot grow or shrink")
+            else:
+                self._refusal(u, None, f"changed initialiser of existing data ({reason}): "
+                              "the running kernel's copy holds live state and is not "
+                              "re-initialised; make the change in code (a livepatch "
+                              "callback or a shadow variable)")
+        elif u.kind == Kind.RODATA and st == CHANGED and u.init_users:
+            users = ", ".join(sorted(u.init_users))
+            self._refusal(u, None, f"changed read-only data ({reason}) used by __init code "
+                          f"({users}), which ran at boot and may have kept its address "
+                          "(a registered ops table, say): the running kernel would go on "
+                          "using the old copy; make the change in code the running kernel "
+                          "calls")
+        elif u.kind == Kind.PERCPU and st == CHANGED:
+            self._refusal(u, None, "changed per-CPU data")
+        elif u.kind == Kind.PERCPU and st == NEW and u.symbol is not None:
+            self.res.warnings.append(Finding(
+                u.label, u.section.name,
+                "new per-CPU variable: every CPU's copy starts from its initial value when "
+                "the update loads, and its state is lost if a later update replaces this "
+                "one"))
+        elif u.kind in (Kind.DATA, Kind.RODATA) and st == NEW and u.symbol is not None \
+                and not bookkeeping and u.section.flags & SHF_WRITE:
+            self.res.warnings.append(Finding(
+                u.label, u.section.name,
+                "new writable variable: it starts from its initial value when the update "
+                "loads, and its state is lost if a later update replaces this one"))
+
+    def _refuse_registration(self, u: Unit) -> None:
+        """Tables the kernel reads once, when it boots or loads a module (exports, module
+        parameters, trace events...), static call trampolines, and sections of unknown
+        purpose: a difference there cannot be applied by replacing functions."""
+        st, reason = u.status, u.reason
+        kind = u.kind
+        if kind == Kind.EXPORT and u.section.name != "__ksymtab_strings":
+            self._refusal(u, None, "adds an exported symbol: a livepatch module cannot "
+                          "add exports to the kernel it patches" if st == NEW else
+                          f"changes an exported symbol's entry ({reason})")
+        elif kind == Kind.METADATA and not names.is_special_static(u.name, u.section.name):
+            self._refusal(u, None, f"{'adds' if st == NEW else 'changes'} an entry of "
+                          f"{u.section.name}, which the kernel reads only at boot or "
+                          "module load")
+        elif kind == Kind.AUX_TEXT and u.section.name == ".static_call.text":
+            self._refusal(u, None, "changes a static call trampoline")
+        elif kind == Kind.UNKNOWN:
+            self._refusal(u, None, f"section {u.section.name} differs and git-ksplice "
+                          "does not know what it holds: refusing rather than guessing")
+
     # -- inclusion -----------------------------------------------------------------------
 
     def _include_unit(self, u: Unit, why: str, work: list[Unit]) -> None:
-        if id(u) in self.included:
+        if u.included is not None:
             return
-        self.included[id(u)] = (u, why)
+        u.included = why
+        self.included.append(u)
         work.append(u)
         if u.is_function and u.start >= 16:
             # Padding gcc puts before a function for call-depth tracking and CFI
             # (`__pfx_foo`, `__cfi_foo`) goes with it.
             for prefix in _PREFIXES:
                 pfx = next((s for s in u.section.symbols if s.name == prefix + u.name), None)
-                pu = self.p.unit_of_symbol.get(id(pfx)) if pfx is not None else None
-                if pu is not None:
-                    self.included.setdefault(id(pu), (pu, f"prefix of {u.label}"))
+                pu = pfx.unit if pfx is not None else None
+                if pu is not None and pu.included is None:
+                    pu.included = f"prefix of {u.label}"
+                    self.included.append(pu)
 
     def _include(self) -> None:
         work: list[Unit] = []
         for u in self.p.units:
-            st = self.status[id(u)]
+            st = u.status
             if u.kind != Kind.TEXT or not u.is_function or u.name.startswith(_PREFIXES):
                 continue
             if st == CHANGED:
-                self._include_unit(u, self.carried.get(id(u), "changed"), work)
+                self._include_unit(u, u.carried if u.carried is not None else "changed", work)
             elif st == NEW and u.symbol is not None and not u.symbol.is_local:
                 self._include_unit(u, "new", work)
         for u in self.p.units:
-            if self.status[id(u)] == NEW and u.symbol is not None and not u.symbol.is_local \
+            if u.status == NEW and u.symbol is not None and not u.symbol.is_local \
                     and u.kind in (Kind.DATA, Kind.RODATA):
                 self._include_unit(u, "new", work)
         self._close(work)
@@ -343,13 +375,13 @@ class _Differ:
             u = work.pop()
             for r in u.relocs:
                 tu = self.p.unit_of(self.p.target(r, u))
-                if tu is not None and tu is not u and id(tu) not in self.included:
+                if tu is not None and tu is not u and tu.included is None:
                     why = self._why_include(u.label, tu)
                     if why:
                         self._include_unit(tu, why, work)
 
     def _why_include(self, user: str, tu: Unit) -> str | None:
-        st = self.status[id(tu)]
+        st = tu.status
         kind = tu.kind
         if kind in (Kind.INIT, Kind.IGNORED, Kind.TABLE, Kind.MCOUNT):
             return None  # refused in _check_included where it matters
@@ -361,8 +393,8 @@ class _Differ:
             return f"new, used by {user}"
         if st == CHANGED and kind == Kind.RODATA:
             return f"changed read-only data used by {user}"
-        if st == CHANGED and id(tu) in self.carried:
-            return self.carried[id(tu)]
+        if st == CHANGED and tu.carried is not None:
+            return tu.carried
         if tu.symbol is None and kind in (Kind.RODATA, Kind.AUX_TEXT):
             # Unnamed contents (switch tables, constant pools, replacement code) cannot be
             # found in the running kernel by name: carry a copy.
@@ -371,7 +403,7 @@ class _Differ:
 
     def _reduce_tables(self) -> None:
         """Keep exactly the special-section entries that describe included functions."""
-        tables = [s for s in self.p.obj.sections if self.p.kind[id(s)] == Kind.TABLE]
+        tables = [s for s in self.p.obj.sections if s.kind == Kind.TABLE]
         tables.sort(key=lambda s: TABLES[s.name].lockstep_with is not None)  # ORC data last
         kept_by_name: dict[str, list[int]] = {}
         for sec in tables:
@@ -397,7 +429,7 @@ class _Differ:
                                                                 by_entry.get(i, []))]
             kept_by_name[sec.name] = kept
             spans = [(i * es.size, min(es.size, sec.size - i * es.size)) for i in kept]
-            self.kept_entries[id(sec)] = spans
+            sec.kept_entries = spans
             self.res.special_sections.append({
                 "name": sec.name, "entry_size": es.size, "entry_size_source": es.source,
                 "entries": n, "kept": len(kept)})
@@ -408,7 +440,7 @@ class _Differ:
                 for r in sec.relocs:
                     if start <= r.offset < start + size:
                         tu = self.p.unit_of(self.p.target(r, None))
-                        if tu is not None and id(tu) not in self.included:
+                        if tu is not None and tu.included is None:
                             why = self._why_include(f"{sec.name} entries", tu)
                             if why:
                                 self._include_unit(tu, why, work)
@@ -418,7 +450,7 @@ class _Differ:
         owner = None
         for r in relocs:
             tu = self.p.unit_of(self.p.target(r, None))
-            if tu is not None and tu.is_function and id(tu) in self.included:
+            if tu is not None and tu.is_function and tu.included is not None:
                 owner = tu
                 break
             if tu is not None and sec.name == ".printk_index" \
@@ -449,7 +481,7 @@ class _Differ:
 
     def _printk_entry_of_included(self, entry: Unit) -> bool:
         """A printk index entry (`_entry.N`) names its function only through `__func__`."""
-        functions = {u.name.split(".")[0] for u, _ in self.included.values() if u.is_function}
+        functions = {u.name.split(".")[0] for u in self.included if u.is_function}
         for r in entry.relocs:
             tu = self.p.unit_of(self.p.target(r, entry))
             if tu is not None and tu.name.startswith("__func__."):
@@ -458,7 +490,7 @@ class _Differ:
 
     def _check_included(self) -> None:
         supported = set(RELOC_SIZES)
-        for u, _ in list(self.included.values()):
+        for u in list(self.included):
             for r in u.relocs:
                 if r.type not in supported:
                     self._refusal(u, None, f"relocation {RELOC_NAMES.get(r.type, r.type)} at "
@@ -472,12 +504,12 @@ class _Differ:
                                   "after boot")
                 if t.symbol is None and t.section is not None:
                     tu = self.p.unit_of(t)
-                    if tu is None or id(tu) not in self.included:
+                    if tu is None or tu.included is None:
                         self._refusal(u, None, f"refers to an unnamed place "
                                       f"{t.section.name}+{t.offset:#x} that cannot be found "
                                       "in the running kernel")
         for sec in self.p.obj.sections:
-            spans = self.kept_entries.get(id(sec))
+            spans = sec.kept_entries
             if not spans:
                 continue
             for r in sec.relocs:
@@ -485,18 +517,18 @@ class _Differ:
                     t = self.p.target(r, None)
                     if t.symbol is None and t.section is not None:
                         tu = self.p.unit_of(t)
-                        if tu is None or id(tu) not in self.included:
+                        if tu is None or tu.included is None:
                             self._refusal(None, sec.name, f"a kept entry refers to an unnamed "
                                           f"place {t.section.name}+{t.offset:#x} that is not "
                                           "carried")
         # Fail closed: a section we do not understand that describes included code would be
         # silently lost.
         for sec in self.p.obj.sections:
-            if self.p.kind[id(sec)] != Kind.UNKNOWN:
+            if sec.kind != Kind.UNKNOWN:
                 continue
             for r in sec.relocs:
                 tu = self.p.unit_of(self.p.target(r, None))
-                if tu is not None and id(tu) in self.included and tu.is_function:
+                if tu is not None and tu.included is not None and tu.is_function:
                     self._refusal(tu, sec.name, f"{sec.name} has entries for this function and "
                                   "git-ksplice does not know this section's format (add it to "
                                   "git_ksplice/elf/sections.py)")
@@ -505,21 +537,23 @@ class _Differ:
     # -- report --------------------------------------------------------------------------
 
     def _report(self) -> None:
-        for u, why in self.included.values():
+        for u in self.included:
+            why = u.included
+            assert why is not None
             sym = u.symbol
             kind = "function" if u.is_function else ("object" if sym is not None else "section")
             self.res.included.append({"name": u.label, "kind": kind, "section": u.section.name,
                                       "why": why})
             if not u.is_function or sym is None or why.startswith("prefix of") \
-                    or id(u) in self.carried:
+                    or u.carried is not None:
                 continue
             rep = FunctionReport(u.label, u.section.name, u.size, BIND_NAMES.get(sym.bind, "?"))
-            st = self.status[id(u)]
+            st = u.status
             if st == NEW:
                 self.res.new.append(rep)
             elif st == CHANGED and u.kind == Kind.TEXT and why == "changed":
-                o = self.corr.orig_of(sym)
-                rep.reason = self.cmp.reason.get(id(u), "")
+                o = sym.twin
+                rep.reason = u.reason
                 rep.original = o.name if o is not None else sym.name
                 self.res.changed.append(rep)
         self.res.included.sort(key=lambda d: (d["kind"] != "function", d["name"]))

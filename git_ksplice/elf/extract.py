@@ -23,7 +23,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from git_ksplice.elf import names
-from git_ksplice.elf.correlate import Correlation
 from git_ksplice.elf.model import (
     BIND_NAMES,
     R_X86_64_64,
@@ -64,16 +63,20 @@ class _Piece:
 
 
 class _Extractor:
-    def __init__(self, p: ObjectIndex, corr: Correlation, included: Iterable[Unit],
-                 replaced: set[int], kept_entries: dict[int, list[tuple[int, int]]]) -> None:
+    """Builds the diff object from PATCHED's included units and kept table entries.
+
+    Each copied PATCHED section and symbol records its counterpart in the diff object
+    (`Section.copy`, `Symbol.copy`); relocations are rewritten through those.
+    """
+
+    def __init__(self, p: ObjectIndex, included: Iterable[Unit], replaced: set[Unit]) -> None:
         self.p = p
-        self.corr = corr
         self.included = list(included)
         self.replaced = replaced
-        self.kept_entries = kept_entries
-        self.out: dict[int, Section] = {}
-        self.pieces: dict[int, list[_Piece]] = defaultdict(list)
-        self.defined: dict[int, Symbol] = {}
+        #: The diff object's sections, in order.
+        self.out: list[Section] = []
+        #: Where the copied spans of each PATCHED section went in its copy.
+        self.pieces: dict[Section, list[_Piece]] = defaultdict(list)
         self.local_syms: dict[str | None, list[Symbol]] = defaultdict(list)
         self.global_syms: list[Symbol] = []
         self.externs: dict[tuple[str, int, str | None], Symbol] = {}
@@ -82,27 +85,27 @@ class _Extractor:
     def run(self, modinfo: Section | None) -> DiffObject:
         self._copy_sections()
         self._define_symbols()
-        for src_id, sec in list(self.out.items()):
-            self._copy_relocations(src_id, sec)
+        for src in self.p.obj.sections:
+            if src.copy is not None:
+                self._copy_relocations(src, src.copy)
         mcount = self._mcount_loc()
         if modinfo is not None:
-            self.out[id(modinfo)] = modinfo
-        return DiffObject(list(self.out.values()), self._symbol_table(), self._references(),
-                          mcount)
+            self.out.append(modinfo)
+        return DiffObject(list(self.out), self._symbol_table(), self._references(), mcount)
 
     # -- contents ------------------------------------------------------------------------
 
     def _copy_sections(self) -> None:
-        by_section: dict[int, list[Unit]] = defaultdict(list)
+        by_section: dict[Section, list[Unit]] = defaultdict(list)
         for u in self.included:
-            by_section[id(u.section)].append(u)
+            by_section[u.section].append(u)
         for src in self.p.obj.sections:  # keep the input's section order
             spans: list[tuple[int, int]]
-            if id(src) in by_section:
-                spans = [(u.start, u.size) for u in by_section[id(src)]]
+            if src in by_section:
+                spans = [(u.start, u.size) for u in by_section[src]]
                 packed = True
-            elif self.kept_entries.get(id(src)):
-                spans = self.kept_entries[id(src)]
+            elif src.kept_entries:
+                spans = src.kept_entries
                 packed = False  # table entries are laid out back to back
             else:
                 continue
@@ -111,7 +114,7 @@ class _Extractor:
             for start, size in _merge(spans):
                 if packed:
                     data += b"\0" * (-len(data) % align)
-                self.pieces[id(src)].append(_Piece(start, size, len(data)))
+                self.pieces[src].append(_Piece(start, size, len(data)))
                 data += (b"\0" * size if src.type == SHT_NOBITS
                          else src.data[start:start + size])
             sec = Section(src.name, src.type, src.flags & ~SHF_GROUP,
@@ -119,10 +122,11 @@ class _Extractor:
                           src.addralign, src.entsize)
             sec.rela_flags = src.rela_flags
             sec.section_symbol = Symbol(sec.name, 0, 0, STB_LOCAL, STT_SECTION, section=sec)
-            self.out[id(src)] = sec
+            src.copy = sec
+            self.out.append(sec)
 
     def map_offset(self, src: Section, off: int) -> int | None:
-        pieces = self.pieces.get(id(src), ())
+        pieces = self.pieces.get(src, ())
         for p in pieces:
             if p.start <= off < p.start + p.size:
                 return p.out + off - p.start
@@ -140,15 +144,16 @@ class _Extractor:
                 continue
             value = self.map_offset(u.section, u.start)
             assert value is not None
-            orig = self.corr.orig_of(sym)
+            orig = sym.twin
             name = orig.name if orig is not None else sym.name
             bind = sym.bind
             if orig is not None or names.is_special_static(sym.name, u.section.name):
                 bind = STB_LOCAL  # a copy must not clash with the running original
+            assert u.section.copy is not None
             ns = Symbol(name, value, sym.size, bind, sym.type, sym.other,
-                        section=self.out[id(u.section)],
+                        section=u.section.copy,
                         file=self.file_name if bind == STB_LOCAL else None)
-            self.defined[id(sym)] = ns
+            sym.copy = ns
             if bind == STB_LOCAL:
                 self.local_syms[self.file_name].append(ns)
             else:
@@ -156,7 +161,7 @@ class _Extractor:
 
     def extern(self, sym: Symbol) -> Symbol:
         """An undefined symbol standing for `sym` of the running kernel (ORIG's twin)."""
-        src = self.corr.orig_of(sym) or sym
+        src = sym.twin or sym
         key = (src.name, src.bind, src.file if src.is_local else None)
         ext = self.externs.get(key)
         if ext is None:
@@ -171,8 +176,8 @@ class _Extractor:
         return ext
 
     def _symbol_table(self) -> list[Symbol]:
-        used = {id(r.symbol) for s in self.out.values() for r in s.relocs}
-        symbols: list[Symbol] = [s.section_symbol for s in self.out.values()
+        used = {r.symbol for s in self.out for r in s.relocs}
+        symbols: list[Symbol] = [s.section_symbol for s in self.out
                                  if s.section_symbol is not None]
         for fname, syms in self.local_syms.items():
             if fname is not None:
@@ -180,7 +185,7 @@ class _Extractor:
             symbols.extend(syms)
         symbols.extend(sorted(self.global_syms, key=lambda s: (s.section is None, s.name)))
         return [s for s in symbols if s.section is not None or s.type == STT_FILE
-                or id(s) in used]
+                or s in used]
 
     def _references(self) -> list[dict[str, str | None]]:
         return sorted(({"name": e.name, "binding": BIND_NAMES.get(e.bind, str(e.bind)),
@@ -190,12 +195,11 @@ class _Extractor:
 
     # -- relocations ---------------------------------------------------------------------
 
-    def _copy_relocations(self, src_id: int, sec: Section) -> None:
-        src = next(s for s in self.p.obj.sections if id(s) == src_id)
+    def _copy_relocations(self, src: Section, sec: Section) -> None:
         owners = sorted((u for u in self.included if u.section is src),
                         key=lambda u: u.start)
         for r in src.relocs:
-            if not any(p.start <= r.offset < p.start + p.size for p in self.pieces[src_id]):
+            if not any(p.start <= r.offset < p.start + p.size for p in self.pieces[src]):
                 continue
             owner = next((u for u in owners if u.start <= r.offset < u.start + max(u.size, 1)),
                          None)
@@ -207,21 +211,21 @@ class _Extractor:
 
     def _rewrite(self, r: Reloc, t: Target, owner: Unit | None) -> tuple[Symbol, int]:
         sym = t.symbol
-        if sym is not None and id(sym) in self.defined:
-            tu = self.p.unit_of_symbol.get(id(sym))
-            if owner is not None and tu is not None and id(tu) in self.replaced \
+        if sym is not None and sym.copy is not None:
+            tu = sym.unit
+            if owner is not None and tu is not None and tu in self.replaced \
                     and t.offset == 0 and not self.p.is_branch(r, owner):
                 # A function pointer: the original, redirected by ftrace while the update is
                 # loaded, and still valid once it is removed.
                 return self.extern(sym), t.addend
-            return self.defined[id(sym)], t.addend
-        if t.section is not None and id(t.section) in self.out and (
+            return sym.copy, t.addend
+        if t.section is not None and t.section.copy is not None and (
                 sym is None or sym.type not in (STT_FUNC, STT_OBJECT)):
             # A place in a copied section (a string, a table, a label): relative to the copy.
             pos = t.offset if sym is None else sym.value + t.offset
             mapped = self.map_offset(t.section, pos)
             if mapped is not None:
-                out = self.out[id(t.section)]
+                out = t.section.copy
                 assert out.section_symbol is not None
                 pc_delta = t.offset - t.addend
                 return out.section_symbol, mapped - pc_delta
@@ -235,22 +239,24 @@ class _Extractor:
             return 0
         relocs = []
         for u in self.included:
-            if u.is_function and u.fentry is not None and id(u.symbol) in self.defined:
-                relocs.append(Reloc(len(relocs) * 8, R_X86_64_64, self.defined[id(u.symbol)],
-                                    u.fentry))
+            if u.is_function and u.fentry is not None and u.symbol is not None \
+                    and u.symbol.copy is not None:
+                relocs.append(Reloc(len(relocs) * 8, R_X86_64_64, u.symbol.copy, u.fentry))
         if relocs:
             sec = Section("__mcount_loc", SHT_PROGBITS, SHF_ALLOC, bytes(8 * len(relocs)),
                           8 * len(relocs), 8, 8)
             sec.relocs = relocs
             sec.rela_flags = src.rela_flags
-            self.out[id(sec)] = sec
+            self.out.append(sec)
         return len(relocs)
 
 
-def extract(p: ObjectIndex, corr: Correlation, included: Iterable[Unit], replaced: set[int],
-            kept_entries: dict[int, list[tuple[int, int]]],
+def extract(p: ObjectIndex, included: Iterable[Unit], replaced: set[Unit],
             modinfo: Section | None) -> DiffObject:
-    return _Extractor(p, corr, included, replaced, kept_entries).run(modinfo)
+    """The diff object holding `included` (units of PATCHED, in inclusion order) and the
+    table entries the differ kept (`Section.kept_entries`). Functions in `replaced` are the
+    ones ftrace redirects: their address taken as data goes to the running original."""
+    return _Extractor(p, included, replaced).run(modinfo)
 
 
 def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -70,15 +70,3 @@ def is_numbered_static(name: str) -> bool:
     """A function-scope static (`calls.0`) or a file static renamed to avoid a clash."""
     return not name.startswith(".") and _NUMBERED.search(name) is not None
 
-
-def child_parent_name(name: str) -> str | None:
-    """For a split-off part of a function (`foo.cold`, `foo.part.0`), the parent's name.
-
-    The parent of `foo.part.0.cold` is `foo.part.0`; the parent of `foo.part.0` is `foo`.
-    """
-    if name.endswith(".cold") or re.search(r"\.cold\.\d+$", name):
-        return re.sub(r"\.cold(\.\d+)?$", "", name)
-    m = re.match(r"^(.*)\.part\.\d+$", name)
-    if m:
-        return m.group(1)
-    return None

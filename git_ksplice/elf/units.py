@@ -41,7 +41,15 @@ FENTRY_NAMES = frozenset({"__fentry__", "mcount", "__mcount"})
 
 
 class Unit:
-    __slots__ = ("fentry", "kind", "relocs", "section", "size", "start", "symbol")
+    """One comparable, copyable stretch of a section (see the module docstring).
+
+    Besides what it is, a unit carries what the phases of a diff find out about it; each
+    `ObjectIndex` makes fresh units, so these never outlive one diff.
+    """
+
+    __slots__ = ("carried", "decoded", "entries", "fentry", "included", "init_users", "kind",
+                 "reason", "referrers", "relocs", "section", "size", "start", "status",
+                 "symbol")
 
     def __init__(self, section: Section, start: int, size: int, symbol: Symbol | None,
                  kind: Kind, relocs: list[Reloc]) -> None:
@@ -58,6 +66,28 @@ class Unit:
                 if r.symbol.name in FENTRY_NAMES and r.offset - start <= 16:
                     self.fentry = r.offset - 1 - start
                     break
+        #: The decoded instructions, decoded on first use (`ObjectIndex.code`).
+        self.decoded: FunctionCode | None = None
+        #: Every relocation that lands in the unit: (owning unit or None, section,
+        #: relocation). Filled for all units of the index by the first
+        #: `ObjectIndex.referrers` call; None until then and for units nothing refers to.
+        self.referrers: list[tuple[Unit | None, Section, Reloc]] | None = None
+        #: For a function: the entries of the descriptive special sections whose first field
+        #: points into it, as (table, entry start, entry size, relocations). Set on both
+        #: sides' units by `Comparison` (compare.py); None when there are none.
+        self.entries: list[tuple[Section, int, int, list[Reloc]]] | None = None
+        #: For a PATCHED unit: NEW, SAME or CHANGED. Set by `Comparison`, which also spreads
+        #: changes to users; the differ marks callers of untraceable functions CHANGED.
+        self.status: str | None = None
+        #: For a CHANGED PATCHED unit, what changed (for the report and refusals).
+        self.reason = ""
+        #: For changed read-only data: the __init code that uses it (`Comparison`).
+        self.init_users: set[str] | None = None
+        #: For a changed function ftrace cannot redirect, copied along with its callers:
+        #: why it is carried (set by the differ's `_untraceable`, diff.py).
+        self.carried: str | None = None
+        #: Why the unit goes into the diff object; None while it is not included (diff.py).
+        self.included: str | None = None
 
     @property
     def name(self) -> str:
@@ -100,21 +130,26 @@ class Target:
 
 
 class ObjectIndex:
-    """One object's units, section kinds, decoded code and resolved relocations."""
+    """One object cut into units, with lookups from relocations to the units they land in.
+
+    What it finds is recorded on the object's own sections, symbols and relocations
+    (`Section.kind`, `Section.anon_units`, `Symbol.unit`, `Reloc.target`), which is why an
+    object is indexed afresh (and its earlier state cleared) for every diff.
+    """
 
     def __init__(self, obj: ElfObject) -> None:
+        """Classify every section (`Section.kind`) and cut the object into units; each
+        FUNC/OBJECT symbol gets its `Symbol.unit`, each section without one its
+        `Section.anon_units`. Whatever an earlier diff left on the object is cleared first."""
         self.obj = obj
-        self.kind: dict[int, Kind] = {id(s): classify(s) for s in obj.sections}
+        obj.clear_diff_state()
+        for s in obj.sections:
+            s.kind = classify(s)
         self.units: list[Unit] = []
-        self.unit_of_symbol: dict[int, Unit] = {}
-        #: Units of sections without named symbols, by section id, sorted by offset.
-        self.anon_units: dict[int, list[Unit]] = {}
-        self._code: dict[int, FunctionCode] = {}
-        self._targets: dict[int, Target] = {}
-        self._referrers: dict[int, list[tuple[Unit | None, Section, Reloc]]] | None = None
+        self._referrers_built = False
         cuts = self._aux_cuts()
         for sec in obj.sections:
-            kind = self.kind[id(sec)]
+            kind = sec.kind
             if sec.type == SHT_GROUP or kind in (Kind.IGNORED, Kind.TABLE, Kind.MCOUNT):
                 continue  # tables describe units; they are reduced, not compared
             offsets = [r.offset for r in sec.relocs]
@@ -132,14 +167,14 @@ class ObjectIndex:
                 u = Unit(sec, sym.value, sym.size, sym, kind, sec.relocs[lo:hi])
                 self.units.append(u)
                 for alias in group:
-                    self.unit_of_symbol[id(alias)] = u
+                    alias.unit = u
             if named:
                 continue
             bounds = [0, sec.size]
             if kind == Kind.AUX_TEXT:
                 # Code reached only through tables is cut where entries point, so that an
                 # update carries only the pieces of the functions it replaces.
-                bounds = sorted({0, sec.size, *cuts.get(id(sec), ())})
+                bounds = sorted({0, sec.size, *cuts.get(sec, ())})
             pieces = []
             for a, b in itertools.pairwise(bounds):
                 lo = bisect.bisect_left(offsets, a)
@@ -148,32 +183,34 @@ class ObjectIndex:
             if not pieces:
                 pieces.append(Unit(sec, 0, 0, None, kind, []))
             self.units.extend(pieces)
-            self.anon_units[id(sec)] = pieces
+            sec.anon_units = pieces
 
-    def _aux_cuts(self) -> dict[int, set[int]]:
-        cuts: dict[int, set[int]] = defaultdict(set)
+    def _aux_cuts(self) -> dict[Section, set[int]]:
+        """Offsets into AUX_TEXT sections that relocations of non-code sections (the tables)
+        point at: where the pieces of replacement and fixup code start."""
+        cuts: dict[Section, set[int]] = defaultdict(set)
         for sec in self.obj.sections:
             if sec.is_text:
                 continue
             for r in sec.relocs:
                 t = r.symbol.section
                 if r.symbol.type == STT_SECTION and t is not None and \
-                        self.kind[id(t)] == Kind.AUX_TEXT and 0 < r.addend < t.size:
-                    cuts[id(t)].add(r.addend)
+                        t.kind == Kind.AUX_TEXT and 0 < r.addend < t.size:
+                    cuts[t].add(r.addend)
         return cuts
 
     def kind_of(self, sec: Section | None) -> Kind | None:
-        return None if sec is None else self.kind[id(sec)]
+        return None if sec is None else sec.kind
 
     def code(self, unit: Unit) -> FunctionCode:
-        c = self._code.get(id(unit))
+        c = unit.decoded
         if c is None:
-            c = FunctionCode(unit.section.data, unit.start, unit.start + unit.size)
-            self._code[id(unit)] = c
+            c = unit.decoded = FunctionCode(unit.section.data, unit.start,
+                                            unit.start + unit.size)
         return c
 
     def anon_at(self, sec: Section, offset: int) -> Unit | None:
-        pieces = self.anon_units.get(id(sec))
+        pieces = sec.anon_units
         if not pieces:
             return None
         i = bisect.bisect_right([u.start for u in pieces], offset) - 1
@@ -184,7 +221,7 @@ class ObjectIndex:
         sym = t.symbol
         if sym is None:
             return self.anon_at(t.section, t.offset) if t.section is not None else None
-        u = self.unit_of_symbol.get(id(sym))
+        u = sym.unit
         if u is None and sym.section is not None:
             # A label (NOTYPE) inside a section that has no FUNC/OBJECT symbols.
             u = self.anon_at(sym.section, sym.value + t.offset)
@@ -193,10 +230,10 @@ class ObjectIndex:
     # -- relocations ---------------------------------------------------------------------
 
     def target(self, reloc: Reloc, owner: Unit | None) -> Target:
-        t = self._targets.get(id(reloc))
+        """Where `reloc` lands; resolved on first use and kept in `Reloc.target`."""
+        t = reloc.target
         if t is None:
-            t = self._resolve(reloc, owner)
-            self._targets[id(reloc)] = t
+            t = reloc.target = self._resolve(reloc, owner)
         return t
 
     def instruction_end_delta(self, reloc: Reloc, owner: Unit | None) -> int:
@@ -252,20 +289,22 @@ class ObjectIndex:
         Relocations of sections that are not units (special tables, ftrace call sites, build
         notes) have no owning unit.
         """
-        if self._referrers is None:
-            index: dict[int, list[tuple[Unit | None, Section, Reloc]]] = defaultdict(list)
-            owned: set[int] = set()
+        if not self._referrers_built:
+            owned: set[Reloc] = set()
             for u in self.units:
                 for r in u.relocs:
-                    owned.add(id(r))
-                    tu = self.unit_of(self.target(r, u))
-                    if tu is not None:
-                        index[id(tu)].append((u, u.section, r))
+                    owned.add(r)
+                    self._add_referrer(self.unit_of(self.target(r, u)), (u, u.section, r))
             for sec in self.obj.sections:
                 for r in sec.relocs:
-                    if id(r) not in owned:
-                        tu = self.unit_of(self.target(r, None))
-                        if tu is not None:
-                            index[id(tu)].append((None, sec, r))
-            self._referrers = index
-        return self._referrers.get(id(unit), [])
+                    if r not in owned:
+                        self._add_referrer(self.unit_of(self.target(r, None)), (None, sec, r))
+            self._referrers_built = True
+        return unit.referrers or []
+
+    @staticmethod
+    def _add_referrer(tu: Unit | None, ref: tuple[Unit | None, Section, Reloc]) -> None:
+        if tu is not None:
+            if tu.referrers is None:
+                tu.referrers = []
+            tu.referrers.append(ref)

@@ -243,11 +243,11 @@ def _ship_object(n: int, po: PatchedObject, resolver: _Resolver, links: _Links,
                 sec.relocs[i] = Reloc(r.offset, r.type, links.placeholder(where, r.symbol.type),
                                       r.addend)
     # Undefined symbols nothing refers to any more (their references became placeholders)
-    # go; identity, not name, since a placeholder and the symbol it replaced may share one.
-    used = {id(r.symbol) for sec in out.sections for r in sec.relocs}
+    # go. Symbols compare by identity, not name: a placeholder stands for one object.
+    used = {r.symbol for sec in out.sections for r in sec.relocs}
     symbols = [s for s in symbols if s.section is not None or s.type == STT_FILE
-               or id(s) in used]
-    symbols += [p for p in links.placeholders.values() if id(p) in used]
+               or s in used]
+    symbols += [p for p in links.placeholders.values() if p in used]
     (work / f"d{n}.o_shipped").write_bytes(serialize(out.sections, symbols))
     (work / f".d{n}.o.cmd").write_text("")
     return f"d{n}.o"
