@@ -108,6 +108,10 @@ def _create_options(f):
         click.option("--exclude-match", multiple=True, metavar="PAT", help="Remove objects "
                      "from --extra-match (ksplice.excludeMatch)."),
         click.option("--skip-prebuild", is_flag=True, help="Use the pristine build as it is."),
+        click.option("--build-mode", type=click.Choice(["targeted", "full"]), default=None,
+                     help="targeted: prepare the pristine tree and compile only the objects "
+                     "the change can affect (the default for Linux); full: build the whole "
+                     "pristine tree once and rebuild incrementally (ksplice.buildMode)."),
         click.option("--patch-opt", "patch_opts", multiple=True, metavar="OPT",
                      help="Option for patch(1) (repeatable; replaces the default -p1; "
                      "ksplice.patchOpt)."),
@@ -141,7 +145,7 @@ def _run_create(commit: str | None, source: str | None = None, **kw) -> None:
         extra_match=list(kw["extra_match"]), exclude_match=list(kw["exclude_match"]),
         skip_prebuild=kw["skip_prebuild"], patch_opts=list(kw["patch_opts"]),
         output=kw["output"], as_json=kw["as_json"], wait=kw["wait"], source=source,
-        allow_layout_change=kw["allow_layout_change"])
+        allow_layout_change=kw["allow_layout_change"], build_mode=kw["build_mode"])
     problem = one_change_at_a_time(opts.modes())
     if problem:
         raise click.UsageError(problem)

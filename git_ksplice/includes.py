@@ -48,12 +48,18 @@ _NOT_KERNEL = {".git", "Documentation", "tools"}
 
 
 class IncludeGraph:
-    """The `#include` lines of one tree, read once per file as they are needed."""
+    """The `#include` lines of one tree, read once per file as they are needed. `overlay`
+    gives the files another commit has changed (None: deleted there), so the graph of that
+    commit is read without checking it out."""
 
-    def __init__(self, tree: Path) -> None:
+    def __init__(self, tree: Path, overlay: dict[str, bytes | None] | None = None) -> None:
         self.tree = tree
+        self.overlay = {os.path.normpath(p): data for p, data in (overlay or {}).items()}
         self._direct: dict[str, frozenset[str]] = {}
         self._by_name: dict[str, list[str]] | None = None
+        #: file -> the files whose #include lines name it, for the files walked so far
+        self._includers: dict[str, set[str]] = {}
+        self._walked: set[str] = set()
 
     def closure(self, source: str) -> set[str]:
         """Every file (relative to the tree) the unit compiled from `source` may read."""
@@ -66,19 +72,61 @@ class IncludeGraph:
                 todo.extend(self._includes(path) - seen)
         return seen
 
-    def affected(self, changed: Iterable[str], units: dict[str, str]) -> set[str]:
-        """The units (object -> its source) whose closure holds a changed file."""
+    def affected(self, changed: Iterable[str], units: dict[str, str]) -> dict[str, str]:
+        """The units (object -> its source) whose closure holds a changed file, each with
+        the changed file that selects it. The graph is walked backwards from the changed
+        files, so its cost is one read of every file the units include, not one closure
+        per unit (13,500 of them for a distribution's configuration)."""
         wanted = {os.path.normpath(p) for p in changed}
-        return {obj for obj, source in units.items() if wanted & self.closure(source)}
+        for source in sorted({*units.values(), *FORCED_HEADERS}):
+            self._walk_from(source)
+        reached: dict[str, str] = {}  # file -> the changed file it leads to
+        todo = [(p, p) for p in sorted(wanted)]
+        while todo:
+            path, cause = todo.pop()
+            if path in reached:
+                continue
+            reached[path] = cause
+            todo.extend((f, cause) for f in self._includers.get(path, ()) if f not in reached)
+        forced = next((reached[h] for h in FORCED_HEADERS if h in reached), None)
+        return {obj: reached.get(src, forced) for obj, src in units.items()  # type: ignore[misc]
+                if src in reached or forced is not None}
+
+    def unit_source(self, obj: str) -> str | None:
+        """The `.c` or `.S` file `obj` is compiled from (kbuild's rule: the same stem), in
+        this graph's view of the tree; None when neither exists."""
+        stem = obj.removesuffix(".o")
+        return next((stem + s for s in (".c", ".S") if self._exists(stem + s)), None)
+
+    def _walk_from(self, source: str) -> None:
+        """Record, for every file reachable from `source`, who includes it."""
+        todo = [source]
+        while todo:
+            path = todo.pop()
+            if path in self._walked:
+                continue
+            self._walked.add(path)
+            for target in self._includes(path):
+                self._includers.setdefault(target, set()).add(path)
+                todo.append(target)
+
+    def _read(self, path: str) -> bytes:
+        if path in self.overlay:
+            return self.overlay[path] or b""
+        try:
+            return (self.tree / path).read_bytes()
+        except OSError:
+            return b""  # a generated header not made yet, a dangling name
+
+    def _exists(self, path: str) -> bool:
+        if path in self.overlay:
+            return self.overlay[path] is not None
+        return (self.tree / path).is_file()
 
     def _includes(self, path: str) -> frozenset[str]:
         found = self._direct.get(path)
         if found is None:
-            try:
-                data = (self.tree / path).read_bytes()
-            except OSError:
-                data = b""  # a generated header not made yet, a dangling name
-            found = frozenset(target for quote, name in _INCLUDE.findall(data)
+            found = frozenset(target for quote, name in _INCLUDE.findall(self._read(path))
                               for target in self._resolve(path, quote == b'"',
                                                           name.decode("utf-8", "replace")))
             self._direct[path] = found
@@ -87,7 +135,7 @@ class IncludeGraph:
     def _resolve(self, including: str, quoted: bool, name: str) -> list[str]:
         candidates = [os.path.join(os.path.dirname(including), name)] if quoted else []
         candidates += [f"{d}/{name}" for d in KERNEL_SEARCH_PATH]
-        out = [os.path.normpath(c) for c in candidates if (self.tree / c).is_file()]
+        out = [os.path.normpath(c) for c in candidates if self._exists(os.path.normpath(c))]
         return out or self._named(os.path.normpath(name))
 
     def _named(self, name: str) -> list[str]:
@@ -100,8 +148,11 @@ class IncludeGraph:
                 rel = os.path.relpath(dirpath, self.tree)
                 for f in filenames:
                     self._by_name.setdefault(f, []).append(f if rel == "." else f"{rel}/{f}")
+            for path, data in self.overlay.items():
+                if data is not None and not (self.tree / path).is_file():
+                    self._by_name.setdefault(os.path.basename(path), []).append(path)
         return [p for p in self._by_name.get(os.path.basename(name), [])
-                if p == name or p.endswith("/" + name)]
+                if self._exists(p) and (p == name or p.endswith("/" + name))]
 
 
 def unit_sources(tree: Path, objects: Iterable[str]) -> dict[str, str]:

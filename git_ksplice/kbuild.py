@@ -12,6 +12,7 @@ builder use it, so that facts about kbuild are written once:
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -134,6 +135,26 @@ def target_map(tree: Path) -> dict[str, str]:
         for obj in _archive_members(tree, archive):
             targets.setdefault(obj, "vmlinux")
     return targets
+
+
+def recorded_dependencies(tree: Path, obj: str) -> list[str] | None:
+    """The files kbuild recorded that `obj` was compiled from (`deps_<obj>` of its `.cmd`
+    file), relative to the tree where they are in it; None when there is no record. The
+    `$(wildcard include/config/...)` entries are kbuild's configuration stamps, not files."""
+    try:
+        text = (tree / cmd_file(obj)).read_text(errors="replace")
+    except OSError:
+        return None
+    block = re.search(r"^deps_\S+ := \\\n(.*?)(?:\n\n|\Z)", text, re.S | re.M)
+    if block is None:
+        return None
+    words = (line.strip().rstrip("\\").strip() for line in block.group(1).splitlines())
+    return [_normalise(w) for w in words if w and not w.startswith("$(wildcard")]
+
+
+def cmd_file(obj: str) -> str:
+    """Where kbuild records how `obj` was made: `dir/.name.o.cmd`."""
+    return os.path.join(os.path.dirname(obj), f".{os.path.basename(obj)}.cmd")
 
 
 def _archive_members(tree: Path, archive: str, depth: int = 0) -> Iterable[str]:

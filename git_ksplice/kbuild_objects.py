@@ -81,20 +81,43 @@ class _Directory:
     dirs_m: list[str]
 
 
+@dataclass(frozen=True)
+class Configuration:
+    """What a configured tree builds."""
+
+    #: object -> `vmlinux` or its module's name (`-` made `_`, as the kernel names
+    #: modules); a composite module's members in its Makefile's order, the order they are
+    #: linked in
+    targets: dict[str, str]
+    #: module name -> its `.ko`, relative to the tree
+    modules: dict[str, str]
+
+
 def configured_targets(tree: Path) -> dict[str, str]:
-    """Each object this configuration builds -> `vmlinux` or its module's name (`-` made
-    `_`, as the kernel names modules): what `kbuild.target_map` reads from a full build's
-    records, from the Makefiles alone. The tree must be configured (`auto.conf`)."""
+    """Each object this configuration builds -> `vmlinux` or its module's name: what
+    `kbuild.target_map` reads from a full build's records, from the Makefiles alone."""
+    return read_configuration(tree).targets
+
+
+def read_configuration(tree: Path) -> Configuration:
+    """What the configuration of `tree` builds, read from its Makefiles. The tree must be
+    configured (`auto.conf`)."""
     if not (tree / "include" / "config" / "auto.conf").exists():
         raise BuildError(f"{tree} is not configured (no include/config/auto.conf)",
                          hint="run make olddefconfig prepare in it first")
+    targets: dict[str, str] = {}
+    modules: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="ksplice-kbuild-") as tmp:
         query = Path(tmp) / "query.mk"
         query.write_text(_QUERY)
-        return dict(_walk(tree, query))
+        for obj, target, ko in _walk(tree, query):
+            targets[obj] = target
+            if ko is not None:
+                modules.setdefault(target, ko)
+    return Configuration(targets, modules)
 
 
-def _walk(tree: Path, query: Path) -> Iterator[tuple[str, str]]:
+def _walk(tree: Path, query: Path) -> Iterator[tuple[str, str, str | None]]:
     """The objects of every directory, breadth first: the directories of one level are read
     in parallel."""
     # (directory, linked into vmlinux): the top-level Kbuild, and the library directories
@@ -117,17 +140,26 @@ def _walk(tree: Path, query: Path) -> Iterator[tuple[str, str]]:
 
 
 def _objects(directory: str, listing: _Directory,
-             builtin: bool) -> Iterator[tuple[str, str]]:
-    """`real-obj-m` holds single-object modules and the members of composite ones: a member
-    belongs to its composite's module, any other object is a module of its own."""
-    member_of = {_normalise(f"{directory}/{m}"): _module_name(module)
-                 for module, members in listing.composites.items() for m in members}
+             builtin: bool) -> Iterator[tuple[str, str, str | None]]:
+    """(object, target, the module's .ko or None). `real-obj-m` holds single-object modules
+    and the members of composite ones: a member belongs to its composite's module (listed
+    in the composite's order), any other object is a module of its own."""
     if builtin:
         for obj in listing.builtin:
-            yield _normalise(obj), "vmlinux"
+            yield _normalise(obj), "vmlinux", None
+    members = set()
+    configured = {_normalise(o) for o in listing.modules}
+    for module, objs in listing.composites.items():
+        ko = _normalise(f"{directory}/{module}").removesuffix(".o") + ".ko"
+        for m in objs:
+            rel = _normalise(f"{directory}/{m}")
+            if rel in configured and rel not in members:
+                members.add(rel)
+                yield rel, _module_name(module), ko
     for obj in listing.modules:
         rel = _normalise(obj)
-        yield rel, member_of.get(rel, _module_name(obj))
+        if rel not in members:
+            yield rel, _module_name(obj), rel.removesuffix(".o") + ".ko"
 
 
 def _read(tree: Path, query: Path, directory: str) -> _Directory:

@@ -23,22 +23,26 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from git_ksplice import __version__, inputs, ledger
+from git_ksplice.affected import Affected, ChangeSet, affected_objects
 from git_ksplice.build import BuildSettings, BuildTree, PatchedBuild
 from git_ksplice.elf.diff import Options, diff_objects
 from git_ksplice.elf.model import empty_object, read_object
 from git_ksplice.elf.writer import serialize
 from git_ksplice.errors import ConcurrencyError, InputError, NoChangeError, RefusedError
 from git_ksplice.faults import checkpoint
+from git_ksplice.includes import IncludeGraph
 from git_ksplice.kbuild import (
     KSPLICE_KCFLAGS,
     build_external_module,
     compiler_version,
     is_linux_tree,
     kernel_release,
+    module_file,
     module_ko_path,
     target_map,
 )
@@ -61,7 +65,12 @@ from git_ksplice.package import (
 from git_ksplice.progress import Reporter
 from git_ksplice.repo import REF_PRE, REF_TMP, REF_UPDATES, Repo
 from git_ksplice.settings import Settings
+from git_ksplice.targeted import PreparedTree, TargetedBuild
 from git_ksplice.words import count
+
+#: Above this share of the configuration's objects, compiling the affected ones twice costs
+#: about what the full build does, and the full build is kept for the next update.
+_TARGETED_SHARE = 0.5
 
 
 @dataclass
@@ -120,11 +129,19 @@ class _Run:
         self.id = settings.update_id
         self.logs = repo.state_dir / "logs"
         self.log = self.logs / f"{self.id}.log"
-        self.tree = BuildTree(repo, settings.build_dir)
+        self.full = BuildTree(repo, settings.build_dir)
+        self.prepared = PreparedTree(repo, settings.build_dir)
+        #: the tree in use: the prepared one (targeted mode) or the full one
+        self.tree: BuildTree | PreparedTree = self.full
         self.pre = ""
         self.change: inputs.Change | None = None
         self.tmp_ref: str | None = None
         self.build: BuildSettings | None = None
+        self.targeted = False
+        #: what post's configuration builds (targeted mode; pre's unless a Makefile changed)
+        self.post_config = None
+        #: changed sources this configuration does not build (targeted mode)
+        self.not_built: list[str] = []
         self.update = Update(self.id)  # filled as the phases go
 
     def run(self) -> Created | Prebuilt:
@@ -288,10 +305,15 @@ class _Run:
         return [], None
 
     def _pristine_build(self) -> None:
+        """The pristine tree at pre: prepared (targeted mode) or built whole (full)."""
         s = self.settings
         targets, patched_targets = self._make_targets()
         self.build = BuildSettings(s.jobs, s.make_args, s.verbose, reporter=self.say,
                                    targets=targets, patched_targets=patched_targets)
+        self.targeted = self._targeted_mode()
+        if self.targeted:
+            self.tree = self.prepared
+            self._require_symvers()
         if self.request.skip_prebuild and self.tree.state().get("pre") != self.pre:
             raise InputError("--skip-prebuild: there is no pristine build of "
                              f"refs/ksplice/pre ({self.pre[:12]}) to use",
@@ -300,11 +322,46 @@ class _Run:
         if gc is not None:
             self.say.note(f"git gc (pid {gc}) is repacking this repository: the build shares "
                           "the CPUs with it until it finishes")
-        self.say.start(f"pristine build of {self.pre[:12]} (make -j{s.jobs})")
-        built = self.tree.ensure_pristine(self.pre, s.orig, self.build,
+        if self.targeted:
+            self._prepare()
+        else:
+            self._full_pristine_build()
+
+    def _targeted_mode(self) -> bool:
+        """The targeted mode is kbuild's: a Linux tree, built with its own targets."""
+        return (self.settings.build_mode == "targeted" and self.settings.make_targets is None
+                and self.repo.read_blob(self.pre, "scripts/Makefile.modpost") is not None)
+
+    def _require_symvers(self) -> None:
+        if not self.settings.orig.module_symvers.exists():
+            raise InputError(
+                f"ORIG_CONFIG ({self.settings.orig.path}) has no Module.symvers: the targeted "
+                "build links no vmlinux, so the running kernel's exports and their CRCs must "
+                "come from there",
+                hint="copy the running kernel's Module.symvers (its build tree, or "
+                     "/usr/src/linux-headers-RELEASE/) into ORIG_CONFIG, or build the whole "
+                     "tree: --build-mode=full")
+
+    def _prepare(self) -> None:
+        assert self.build is not None
+        self.say.start(f"preparing the pristine tree of {self.pre[:12]} (make "
+                       "modules_prepare)")
+        made = self.prepared.ensure_prepared(self.pre, self.settings.orig, self.build,
+                                             log=self.logs / "prepare.log",
+                                             rebuild=not self.request.skip_prebuild)
+        self.say.done(f"prepared: {self.prepared.describe_timings()}" if made
+                      else "up to date")
+
+    def _full_pristine_build(self) -> None:
+        assert self.build is not None
+        self.tree = self.full
+        self.say.start(f"pristine build of {self.pre[:12]} (make -j{self.settings.jobs})")
+        if self.full.state().get("pre") != self.pre and self.prepared.targets_file.exists():
+            self.say.expect(len(self.prepared.configuration().targets))
+        built = self.full.ensure_pristine(self.pre, self.settings.orig, self.build,
                                           log=self.logs / "prebuild.log",
                                           rebuild=not self.request.skip_prebuild)
-        self.say.done(f"built: {self.tree.describe_timings()}" if built else "up to date")
+        self.say.done(f"built: {self.full.describe_timings()}" if built else "up to date")
 
     # -- post commit ---------------------------------------------------------------------
 
@@ -341,29 +398,111 @@ class _Run:
     # -- compare -------------------------------------------------------------------------
 
     def _build_and_compare(self) -> tuple[list[ChangedObject], list[str], dict[str, bytes]]:
-        """The patched build, each rebuilt object compared with its pristine build, and the
-        --build-modules modules; the tree is reverted whatever happens."""
+        """The objects the change rebuilds compared with their pristine builds, and the
+        --build-modules modules; the tree is reverted whatever happens. In the targeted
+        mode, a change that only a full build can follow (or that reaches most of the
+        objects) falls back to the full build, saying why."""
+        if self.targeted:
+            found = self._select_objects()
+            if found is not None:
+                return self._targeted_build_and_compare(found)
+            self.targeted = False
+            self._full_pristine_build()
+        return self._full_build_and_compare()
+
+    def _full_build_and_compare(self) -> tuple[list[ChangedObject], list[str],
+                                               dict[str, bytes]]:
         assert self.change is not None and self.build is not None
         self.say.start(f"incremental build of {self.change.post[:12]}")
         try:
-            patched = self.tree.build_patched(self.pre, self.change.post, self.build,
+            patched = self.full.build_patched(self.pre, self.change.post, self.build,
                                               self.log,
-                                              units=lambda: set(target_map(self.tree.path)))
-            targets = target_map(self.tree.path)
+                                              units=lambda: set(target_map(self.full.path)))
+            targets = target_map(self.full.path)
             self.say.done(f"{count(patched.compiled, 'object')} compiled, "
                           f"{len(patched.changed_objects)} changed")
-            self.say.start("comparing objects")
-            results = self._compare(patched.changed_objects, targets)
-            extra = self._extra_objects(targets, patched.changed_objects)
-            for rel in extra:
-                self.update.add_extra(rel, self.tree.pristine_file(rel))
-            modules = self._replacement_modules(results) if self.settings.build_modules \
-                else {}
-            self.say.done(count(len(results), "object"))
-            checkpoint("compared")
+            return self._compare_all(patched, targets, targets)
         finally:
-            self.tree.revert(self.pre)
+            self.full.revert(self.pre)
+
+    def _compare_all(self, patched: PatchedBuild | TargetedBuild, targets: dict[str, str],
+                     pre_targets: dict[str, str]) -> tuple[list[ChangedObject], list[str],
+                                                           dict[str, bytes]]:
+        """Compare, pick the --extra-match objects, build the --build-modules ones: all in
+        the patched tree, before it is reverted."""
+        self.say.start("comparing objects")
+        results = self._compare(patched.changed_objects, targets)
+        extra = self._extra_objects(pre_targets, patched.changed_objects)
+        for rel in extra:
+            self.update.add_extra(rel, self.tree.pristine_file(rel))
+        modules = self._replacement_modules(results) if self.settings.build_modules else {}
+        self.say.done(count(len(results), "object"))
+        checkpoint("compared")
         return self._verdict(results, patched), extra, modules
+
+    # -- the targeted mode ---------------------------------------------------------------
+
+    def _select_objects(self) -> Affected | None:
+        """The objects the change can affect (see git_ksplice.affected), or None when only
+        the full build can answer, said with the reason."""
+        assert self.change is not None
+        post = self.change.post
+        self.say.start("finding the objects the change can affect")
+        changed = {p: self.repo.read_blob(post, p)
+                   for p in self.repo.changed_paths(self.pre, post, ())}
+        pre_config = self.prepared.configuration()
+        self.post_config = pre_config
+        if any(_is_makefile(p) for p in changed):
+            self.post_config = self.prepared.configuration_at(post)
+        graph = IncludeGraph(self.prepared.path, overlay=changed)
+        found = affected_objects(graph, ChangeSet(changed, pre_config.targets,
+                                                  self.post_config.targets,
+                                                  self.prepared.recorded()))
+        total = len(pre_config.targets)
+        if found.full_build is None and len(found.objects) > _TARGETED_SHARE * total:
+            cause = Counter(found.objects.values()).most_common(1)[0][0]
+            found.full_build = (f"the change ({cause}) can affect "
+                                f"{len(found.objects)} of the configuration's {total} "
+                                "objects: compiling them twice costs about what the full "
+                                "build does, and the full build is kept for the next update")
+        if found.full_build is not None:
+            self.say.done("only a full build can follow this change")
+            self.say.note(f"building the whole tree: {found.full_build} (--build-mode=full "
+                          "goes there directly)")
+            return None
+        for path in found.not_built:
+            self.say.note(f"{path}: not built by this configuration")
+        self.say.done(f"{count(len(found.objects), 'object')} of {total}")
+        self.not_built = found.not_built
+        return found
+
+    def _targeted_build_and_compare(self, found: Affected) -> tuple[
+            list[ChangedObject], list[str], dict[str, bytes]]:
+        assert self.change is not None and self.build is not None
+        pre_targets = self.prepared.configuration().targets
+        post_targets = self.post_config.targets
+        extra = self._extra_objects(pre_targets, [])
+        at_pre = sorted({o for o in found.objects if o in pre_targets} | set(extra))
+        missing = [o for o in at_pre if self.prepared.pre_object(o) is None]
+        self.say.start(f"compiling {count(len(missing), 'object')} at pre "
+                       f"({self.pre[:12]})" + (f", {len(at_pre) - len(missing)} kept"
+                                               if len(missing) < len(at_pre) else ""))
+        self.say.expect(len(missing))
+        self.prepared.compile_pre(at_pre, self.build, self.log)
+        self.say.done()
+        at_post = sorted(o for o in found.objects if o in post_targets)
+        for gone in sorted(o for o in found.objects if o not in post_targets):
+            self.say.note(f"{gone}: no longer built at post; its code stays as it runs")
+        self.say.start(f"compiling {count(len(at_post), 'object')} at "
+                       f"{self.change.post[:12]}")
+        self.say.expect(len(at_post))
+        try:
+            patched = self.prepared.build_patched(self.pre, self.change.post, at_post,
+                                                  self.build, self.log)
+            self.say.done(f"{len(patched.changed_objects)} changed")
+            return self._compare_all(patched, post_targets, pre_targets)
+        finally:
+            self.prepared.revert(self.pre)
 
     def _compare(self, rebuilt: list[str], targets: dict[str, str]) -> list[ChangedObject]:
         only = [_target_pattern(p) for p in self.settings.only_targets]
@@ -397,7 +536,7 @@ class _Run:
         changed = [r for r in results if r.result.result == "changed"]
         if not changed:
             raise NoChangeError("No changes detected.",
-                                hint=_no_change_hint(patched, self.change))
+                                hint=_no_change_hint(patched, self.change, self.not_built))
         return changed
 
     def _extra_objects(self, targets: dict[str, str], changed: list[str]) -> list[str]:
@@ -421,7 +560,8 @@ class _Run:
         out: dict[str, bytes] = {}
         linux = is_linux_tree(self.tree.path)
         for name in names:
-            ko_rel = module_ko_path(self.tree.path, name)
+            ko_rel = (self.post_config.modules.get(name) if self.targeted and self.post_config
+                      else module_ko_path(self.tree.path, name))
             if ko_rel is None:
                 continue
             if linux:
@@ -452,11 +592,20 @@ class _Run:
         module = build_module(ModuleRequest(
             self.id, objects, tree=self.tree.path, orig=self.settings.orig,
             work=self.repo.state_dir / "modules" / self.id, make_args=self.build.make_args,
-            jobs=self.build.jobs, log=self.log, description=self.description), self.say)
+            jobs=self.build.jobs, log=self.log, description=self.description,
+            module_image=self._module_image), self.say)
         check_against_running(module, self.settings.orig)
         self.say.done(f"{module.name}.ko: {count(len(module.funcs), 'function')}, "
                       f"{count(module.klp_relocations, 'klp relocation')}")
         return module
+
+    def _module_image(self, name: str) -> Path | None:
+        """Module `name` as the running kernel has it, for its symbols: the pristine build's
+        .ko, or in the targeted mode its pre objects linked in order."""
+        if self.targeted:
+            assert self.build is not None
+            return self.prepared.module_image(name, self.build, self.log)
+        return module_file(self.full.path, name)
 
     def _package(self, changed: list[ChangedObject], extra: list[str],
                  modules: dict[str, bytes], module: ModuleBuild | None) -> tuple[Path, dict]:
@@ -481,16 +630,25 @@ class _Run:
             self.change.mode, self.change.summary, self.settings.series, self.tmp_ref))
 
 
+def _is_makefile(path: str) -> bool:
+    name = os.path.basename(path)
+    return name in ("Makefile", "Kbuild") or name.startswith("Makefile.")
+
+
 def _target_pattern(pattern: str) -> str:
     return pattern.replace("%", "*")  # make patterns, as ksplice-create took them
 
 
-def _no_change_hint(build: PatchedBuild, change: inputs.Change) -> str:
-    """What the build did, and (the likely reason) new files nothing built."""
+def _no_change_hint(build: PatchedBuild | TargetedBuild, change: inputs.Change,
+                    not_built: list[str]) -> str:
+    """What the build did, and (the likely reasons) files this configuration does not
+    build, new files nothing built."""
     rebuilt, differ = len(build.rebuilt), len(build.changed_objects)
     hint = (f"{count(rebuilt, 'build product')} {'was' if rebuilt == 1 else 'were'} "
             f"rebuilt, {count(differ, 'object')} {'differs' if differ == 1 else 'differ'}, "
             "and no function changed")
+    if not_built:
+        hint += f"; not built by this configuration: {', '.join(not_built)}"
     if change.added:
         hint += (f"; the change adds {', '.join(change.added)}: a new file is built only "
                  "if a Makefile names it")

@@ -26,6 +26,9 @@ class Reporter(Protocol):
     def build_line(self, line: str, compiled: int) -> None:
         """A line make printed, and how many objects it has compiled so far."""
 
+    def expect(self, total: int) -> None:
+        """The current phase will compile about `total` objects (a progress bar's end)."""
+
     def stop(self) -> None:
         """The job ends, however it ends: anything live on the screen goes."""
 
@@ -43,6 +46,9 @@ class Silent:
         pass
 
     def build_line(self, line: str, compiled: int) -> None:
+        pass
+
+    def expect(self, total: int) -> None:
         pass
 
     def stop(self) -> None:
@@ -67,6 +73,9 @@ class Recorder:
 
     def build_line(self, line: str, compiled: int) -> None:
         self.lines += 1
+
+    def expect(self, total: int) -> None:
+        self.events.append(("expect", str(total)))
 
     def stop(self) -> None:
         pass

@@ -13,6 +13,7 @@ they need from here.
 | targets, objects, patch  | --only-targets ...      | ksplice.onlyTargets, extraMatch,  |
 |                          |                         | excludeMatch, patchOpt (multi)    |
 | make jobs                | -j (CONCURRENCY_LEVEL)  | ksplice.jobs                      |
+| targeted or full build   | --build-mode            | ksplice.buildMode (targeted)      |
 | ORIG_CONFIG              | --config                | ksplice.config                    |
 | tarball directory        | -o                      | ksplice.outputDir                 |
 | make                     |                         | ksplice.makeArgs, makeTargets     |
@@ -62,6 +63,8 @@ class CreateOptions:
     wait: bool | None = None
     #: build even though a struct or union changes layout (see git_ksplice.layout)
     allow_layout_change: bool = False
+    #: "targeted" or "full" (see git_ksplice.targeted); None: ksplice.buildMode
+    build_mode: str | None = None
     #: Where relative paths (--patch, --config, -o) are resolved: the user's directory.
     cwd: str = field(default_factory=os.getcwd)
     #: Where the repository is found (ksplice-create's KERNEL_SOURCE); default `cwd`.
@@ -102,6 +105,8 @@ class Settings:
     #: ksplice.makeTargets; None: what the tree needs (see pipeline)
     make_targets: list[str] | None
     verbose: int
+    #: "targeted" (prepare the tree, compile what the change touches) or "full"
+    build_mode: str = "targeted"
 
     @property
     def make_args(self) -> list[str]:
@@ -137,7 +142,23 @@ def read_create_settings(repo: Repo, opts: CreateOptions) -> Settings:
         extra_make_args=shell_words(make_args, "ksplice.makeArgs") if make_args else [],
         make_targets=(None if make_targets is None
                       else shell_words(make_targets, "ksplice.makeTargets")),
-        verbose=opts.verbose)
+        verbose=opts.verbose, build_mode=_build_mode(repo, opts.build_mode))
+
+
+BUILD_MODES = ("targeted", "full")
+
+
+def _build_mode(repo: Repo, given: str | None) -> str:
+    if given is not None:
+        return given
+    value = repo.config("ksplice.buildMode")
+    if value is None:
+        return "targeted"
+    if value.strip().lower() not in BUILD_MODES:
+        raise InputError(f"ksplice.buildMode={value!r} is not a build mode",
+                         hint="set it to targeted (compile what the change touches) or full "
+                              "(build the whole tree once), or remove it")
+    return value.strip().lower()
 
 
 def _switch(repo: Repo, given: bool | None, key: str, default: bool) -> bool:

@@ -66,7 +66,8 @@ def error(message: str, hint: str | None = None) -> None:
 
 class Phases:
     """Progress of a long command: one line per phase off a terminal, a live status line
-    (phase, objects compiled, elapsed time) on one. `-v` also echoes the build's output."""
+    (phase, objects compiled, elapsed time) on one, or a progress bar (objects compiled of
+    those expected) when the phase knows how many. `-v` also echoes the build's output."""
 
     def __init__(self, *, verbose: int = 0, quiet: bool = False) -> None:
         import time
@@ -75,6 +76,8 @@ class Phases:
         self.verbose = verbose
         self.quiet = quiet
         self._status = None
+        self._bar = None
+        self._task = None
         self._phase = ""
         self._start = 0.0
 
@@ -90,9 +93,33 @@ class Phases:
         else:
             console.print(f"{phase}...", markup=False)
 
+    def expect(self, total: int) -> None:
+        if self.quiet or self.verbose or not console.is_terminal or total <= 0:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+        if self._bar is not None:
+            self._bar.stop()
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                             MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                             transient=True)
+        self._task = self._bar.add_task(escape(self._phase), total=total)
+        self._bar.start()
+
     def build_line(self, line: str, compiled: int) -> None:
         if self.verbose:
             console.print(line, markup=False, highlight=False)
+        elif self._bar is not None:
+            self._bar.update(self._task, completed=compiled)
         elif self._status is not None:
             elapsed = self._time.monotonic() - self._start
             self._status.update(f"{self._phase}: {count(compiled, 'object')} compiled, "
@@ -108,7 +135,9 @@ class Phases:
 
     def note(self, message: str) -> None:
         message = printable(message, terminal=True)
-        if self._status is not None:
+        if self._bar is not None:
+            self._bar.console.print(message, markup=False)
+        elif self._status is not None:
             self._status.console.print(message, markup=False)
         elif not self.quiet:
             console.print(message, markup=False)
@@ -117,3 +146,6 @@ class Phases:
         if self._status is not None:
             self._status.stop()
             self._status = None
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

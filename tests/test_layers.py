@@ -53,7 +53,8 @@ def _reaching(prefix: str, forbidden: tuple[str, ...]) -> list[str]:
     # the library below the commands: it reports through progress.Reporter, never prints
     *[(f"git_ksplice/{m}", ("click", "rich", "git_ksplice.ui", "git_ksplice.commands",
                             "git_ksplice.cli"))
-      for m in ("pipeline.py", "build.py", "inputs.py", "package.py", "ledger.py",
+      for m in ("pipeline.py", "build.py", "worktree.py", "targeted.py", "affected.py",
+                "inputs.py", "package.py", "ledger.py",
                 "settings.py", "repo.py", "kbuild.py", "kbuild_objects.py", "origconfig.py",
                 "hooks.py", "layout.py", "includes.py", "progress.py", "files.py",
                 "errors.py", "words.py")],

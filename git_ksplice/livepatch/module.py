@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,9 +94,11 @@ class _Resolver:
     loader resolves (exported symbols, symbols the update itself defines), or a klp
     relocation to (object, name, sympos)."""
 
-    def __init__(self, tree: Path, orig: OrigConfig, objects: list[PatchedObject]) -> None:
+    def __init__(self, tree: Path, orig: OrigConfig, objects: list[PatchedObject],
+                 module_image: Callable[[str], Path | None]) -> None:
         self.tree = tree
         self.orig = orig
+        self.module_image = module_image
         self.exports = read_symvers(tree / "Module.symvers")
         self._tables: dict[str, ObjectSymbols] = {}
         self.defined_here: set[str] = set()
@@ -111,11 +114,13 @@ class _Resolver:
         t = self._tables.get(objname)
         if t is None:
             if objname == "vmlinux":
-                t = vmlinux_symbols(self.orig, self.tree)
+                pristine = self.tree / "vmlinux"
+                t = vmlinux_symbols(self.orig, pristine if pristine.exists() else None)
             else:
-                ko = module_file(self.tree, objname)
+                ko = self.module_image(objname)
                 if ko is None:
-                    raise RefusedError(f"module {objname} is not in the pristine build")
+                    raise RefusedError(f"module {objname} is not built by this "
+                                       "configuration")
                 t = module_symbols(objname, ko)
             self._tables[objname] = t
         return t
@@ -168,6 +173,9 @@ class ModuleRequest:
     jobs: int
     log: Path
     description: str
+    #: module name -> the running kernel's image of it (its symbol table is what sympos
+    #: counts in); None: the pristine tree's built .ko
+    module_image: Callable[[str], Path | None] | None = None
 
 
 @dataclass
@@ -197,7 +205,8 @@ def build_module(req: ModuleRequest, reporter: Reporter | None = None) -> Module
     name = f"ksplice_{req.update_id}"
     shutil.rmtree(req.work, ignore_errors=True)
     req.work.mkdir(parents=True)
-    resolver = _Resolver(req.tree, req.orig, req.objects)
+    resolver = _Resolver(req.tree, req.orig, req.objects,
+                         req.module_image or (lambda name: module_file(req.tree, name)))
     links = _Links()
     shipped = [_ship_object(n, po, resolver, links, req.work)
                for n, po in enumerate(req.objects)]

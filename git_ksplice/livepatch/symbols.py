@@ -174,17 +174,37 @@ class ObjectSymbols:
                            hint="put the running kernel's unstripped vmlinux in ORIG_CONFIG")
 
 
-def vmlinux_symbols(orig: OrigConfig, pristine_tree: Path) -> ObjectSymbols:
+def vmlinux_symbols(orig: OrigConfig, pristine_vmlinux: Path | None) -> ObjectSymbols:
     """The running kernel's symbols: from ORIG_CONFIG's vmlinux when it has one, else the
-    pristine build's vmlinux ordered by ORIG_CONFIG's System.map."""
+    pristine build's vmlinux ordered by ORIG_CONFIG's System.map, else (the targeted mode
+    links no vmlinux) System.map alone: a name it has once is placed, one it has several
+    times is refused (without FILE symbols nothing says which is ours)."""
     vmlinux = orig.vmlinux
     if vmlinux is not None:
         located = read_symbols(vmlinux)
         _check_map_agrees(orig.system_map, vmlinux, located)
         return ObjectSymbols("vmlinux", located, None, by_address=True)
     system_map = read_system_map(orig.system_map)
-    return ObjectSymbols("vmlinux", read_symbols(pristine_tree / "vmlinux"), system_map,
+    if pristine_vmlinux is None:
+        return ObjectSymbols("vmlinux", _map_symbols(orig.system_map), None, by_address=True)
+    return ObjectSymbols("vmlinux", read_symbols(pristine_vmlinux), system_map,
                          by_address=True)
+
+
+def _map_symbols(system_map: Path) -> list[KSym]:
+    """System.map's symbols, without the FILE blocks it does not have."""
+    out = []
+    for i, line in enumerate(system_map.read_text(errors="replace").splitlines()):
+        parts = line.split()
+        if len(parts) < 3 or parts[1] in "aAUwWvV" or not parts[1].isalpha():
+            continue
+        try:
+            address = int(parts[0], 16)
+        except ValueError:
+            continue
+        kind = STT_FUNC if parts[1] in "tT" else STT_OBJECT
+        out.append(KSym(parts[2], address, parts[1].islower(), kind, None, -1, i))
+    return out
 
 
 def _check_map_agrees(system_map: Path, vmlinux: Path, located: list[KSym]) -> None:

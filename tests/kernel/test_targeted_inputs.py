@@ -6,15 +6,13 @@ recorded in each object's `.cmd` file)."""
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
 from pathlib import Path
 
 import pytest
 
 from git_ksplice.includes import IncludeGraph, unit_sources
-from git_ksplice.kbuild import target_map
+from git_ksplice.kbuild import recorded_dependencies, target_map
 from git_ksplice.kbuild_objects import configured_targets
 from tests.kernel.conftest import JOBS, KernelRepo, _extract, _sh
 
@@ -44,15 +42,6 @@ def test_the_makefiles_name_every_object_of_a_full_build(kernel_repo: KernelRepo
 _GENERATED = ("include/generated/", "arch/x86/include/generated/", "include/config/")
 
 
-def _recorded_dependencies(tree: Path, obj: str) -> list[str]:
-    """The files kbuild recorded that `obj` was compiled from (`deps_<obj>` of its .cmd)."""
-    text = (tree / os.path.dirname(obj) / f".{os.path.basename(obj)}.cmd").read_text()
-    block = re.search(r"^deps_\S+ := \\\n(.*?)(?:\n\n|\Z)", text, re.S | re.M)
-    assert block is not None, obj
-    words = (line.strip().rstrip("\\").strip() for line in block.group(1).splitlines())
-    return [os.path.normpath(w) for w in words if w and not w.startswith("$(wildcard")]
-
-
 def test_the_include_lines_name_every_file_kbuild_recorded(kernel_repo: KernelRepo) -> None:
     """For every C unit of the full build: each file its compilation read is in the closure
     of its #include lines (generated files aside). And for a header, the units the graph
@@ -65,13 +54,13 @@ def test_the_include_lines_name_every_file_kbuild_recorded(kernel_repo: KernelRe
     readers: dict[str, set[str]] = {}
     for obj, source in units.items():
         closure = graph.closure(source)
-        for dep in _recorded_dependencies(tree, obj):
+        for dep in recorded_dependencies(tree, obj) or []:
             readers.setdefault(dep, set()).add(obj)
             if dep not in closure and not dep.startswith(_GENERATED) \
                     and dep != "init/utsversion-tmp.h":  # written by the vmlinux link
                 missed.setdefault(dep, obj)
     assert missed == {}
     for header in ("include/linux/sched.h", "fs/proc/internal.h", "include/linux/reboot.h"):
-        claimed = graph.affected([header], units)
+        claimed = set(graph.affected([header], units))
         assert readers[header] <= claimed
         assert len(claimed) <= 2 * len(readers[header]), header
