@@ -388,7 +388,7 @@ def queue_prebuild(repo: Repo, cwd: str, pre: str) -> Job:
         seq = queue.last_seq() + 1
         uid = f"prebuild_{seq}"
         job = Job(seq=seq, id=uid, ref=REF_PRE, commit=pre,
-                  subject="warm the pristine build", series=False, queued_at=time.time(),
+                  subject="warm the pristine tree", series=False, queued_at=time.time(),
                   log=queue.log_path(seq, uid), cwd=str(Path(cwd).resolve()),
                   kind="prebuild")
         queue.save(job)

@@ -60,6 +60,8 @@ class IncludeGraph:
         #: file -> the files whose #include lines name it, for the files walked so far
         self._includers: dict[str, set[str]] = {}
         self._walked: set[str] = set()
+        self._listings: dict[str, frozenset[str]] = {}
+        self._resolved: dict[tuple[str, str], list[str]] = {}
 
     def closure(self, source: str) -> set[str]:
         """Every file (relative to the tree) the unit compiled from `source` may read."""
@@ -121,7 +123,21 @@ class IncludeGraph:
     def _exists(self, path: str) -> bool:
         if path in self.overlay:
             return self.overlay[path] is not None
-        return (self.tree / path).is_file()
+        directory, name = os.path.split(path)
+        return name in self._files_in(directory)
+
+    def _files_in(self, directory: str) -> frozenset[str]:
+        """The regular files of one directory of the tree, listed once: a unit's search
+        path is tried name by name, a hundred thousand times for a kernel's units."""
+        found = self._listings.get(directory)
+        if found is None:
+            try:
+                with os.scandir(os.path.join(self.tree, directory)) as entries:
+                    found = frozenset(e.name for e in entries if e.is_file())
+            except OSError:
+                found = frozenset()
+            self._listings[directory] = found
+        return found
 
     def _includes(self, path: str) -> frozenset[str]:
         found = self._direct.get(path)
@@ -133,10 +149,16 @@ class IncludeGraph:
         return found
 
     def _resolve(self, including: str, quoted: bool, name: str) -> list[str]:
-        candidates = [os.path.join(os.path.dirname(including), name)] if quoted else []
-        candidates += [f"{d}/{name}" for d in KERNEL_SEARCH_PATH]
-        out = [os.path.normpath(c) for c in candidates if self._exists(os.path.normpath(c))]
-        return out or self._named(os.path.normpath(name))
+        # `<name>` resolves the same from every file: resolved once.
+        key = (os.path.dirname(including) if quoted else "<>", name)
+        found = self._resolved.get(key)
+        if found is None:
+            candidates = [os.path.join(key[0], name)] if quoted else []
+            candidates += [f"{d}/{name}" for d in KERNEL_SEARCH_PATH]
+            found = [os.path.normpath(c) for c in candidates
+                     if self._exists(os.path.normpath(c))] or self._named(os.path.normpath(name))
+            self._resolved[key] = found
+        return found
 
     def _named(self, name: str) -> list[str]:
         """Every file of the tree whose path ends with `name`."""

@@ -114,6 +114,37 @@ class Created:
         return self.manifest["targets"]
 
 
+@dataclass(frozen=True)
+class PristineTree:
+    """Where the pristine tree of a build directory stands, for `hook status`."""
+
+    mode: str  # "targeted" or "full"
+    pre: str | None  # the commit it is prepared or built at; None: neither yet
+    ready: bool  # prepared (targeted) or built (full) at `pre`
+    kept: int  # pre objects compiled and kept (targeted)
+
+    def describe(self) -> str:
+        if self.pre is None or not self.ready:
+            return ("not prepared yet (the first update prepares it)" if self.mode == "targeted"
+                    else "not built yet (the first update builds the whole tree)")
+        if self.mode == "targeted":
+            return (f"prepared at {self.pre[:12]} (targeted mode; "
+                    f"{count(self.kept, 'pre object')} compiled and kept)")
+        return f"built whole at {self.pre[:12]} (full-tree mode)"
+
+
+def pristine_tree(repo: Repo, build_dir: Path, mode: str, pre: str | None) -> PristineTree:
+    """The state of the tree that `mode` builds `pre` in, read without touching it (the
+    targeted mode is kbuild's: another tree is built whole)."""
+    if mode == "targeted" and (pre is None or _is_kbuild(repo, pre)):
+        prepared = PreparedTree(repo, build_dir)
+        st = prepared.state()
+        return PristineTree(mode, st.get("pre"), st.get("phase") == "prepared",
+                            len(prepared.kept()))
+    st = BuildTree(repo, build_dir).state()
+    return PristineTree(mode, st.get("pre"), st.get("phase") == "pristine", 0)
+
+
 def create(repo: Repo, settings: Settings, request: Request,
            reporter: Reporter) -> Created | Prebuilt:
     """Build the update `request` asks for (or only the pristine tree) and record it."""
@@ -300,7 +331,7 @@ class _Run:
         build needs Module.symvers), the patched one only compiles (`KBUILD_MODULES=1 .`)."""
         if self.settings.make_targets is not None:
             return self.settings.make_targets, None
-        if self.repo.read_blob(self.pre, "scripts/Makefile.modpost") is not None:
+        if _is_kbuild(self.repo, self.pre):
             return ["vmlinux", "modules"], ["KBUILD_MODULES=1", "."]
         return [], None
 
@@ -330,7 +361,7 @@ class _Run:
     def _targeted_mode(self) -> bool:
         """The targeted mode is kbuild's: a Linux tree, built with its own targets."""
         return (self.settings.build_mode == "targeted" and self.settings.make_targets is None
-                and self.repo.read_blob(self.pre, "scripts/Makefile.modpost") is not None)
+                and _is_kbuild(self.repo, self.pre))
 
     def _require_symvers(self) -> None:
         if not self.settings.orig.module_symvers.exists():
@@ -628,6 +659,11 @@ class _Run:
         ledger.record(self.repo, ledger.Record(
             self.id, self.pre, self.change.post, manifest, self.description, self.change.patch,
             self.change.mode, self.change.summary, self.settings.series, self.tmp_ref))
+
+
+def _is_kbuild(repo: Repo, commit: str) -> bool:
+    """A Linux tree at `commit` (kbuild's modpost rules are there)."""
+    return repo.read_blob(commit, "scripts/Makefile.modpost") is not None
 
 
 def _is_makefile(path: str) -> bool:

@@ -148,6 +148,11 @@ def read_create_settings(repo: Repo, opts: CreateOptions) -> Settings:
 BUILD_MODES = ("targeted", "full")
 
 
+def read_build_mode(repo: Repo) -> str:
+    """ksplice.buildMode: how `create` (and so the hook) builds."""
+    return _build_mode(repo, None)
+
+
 def _build_mode(repo: Repo, given: str | None) -> str:
     if given is not None:
         return given

@@ -15,12 +15,17 @@ from pathlib import Path
 from rich.markup import escape
 
 from git_ksplice import hooks, ui
-from git_ksplice.build import BuildTree
 from git_ksplice.errors import EXIT_OK, InputError, KspliceError
 from git_ksplice.files import replace_file
 from git_ksplice.origconfig import OrigConfig
 from git_ksplice.repo import REF_PRE, Repo
-from git_ksplice.settings import HookSettings, build_dir, orig_config_dir, read_hook_settings
+from git_ksplice.settings import (
+    HookSettings,
+    build_dir,
+    orig_config_dir,
+    read_build_mode,
+    read_hook_settings,
+)
 
 _SHELLS = ("sh", "bash", "dash", "ksh", "zsh", "ash", "busybox")
 
@@ -124,11 +129,13 @@ def install(repo: Repo, branches: list[str], series: bool | None, as_json: bool)
     usable = _warn_without_orig_config(repo)
     tips = hooks.record_tips(repo)
     warming = None
-    if usable and pre is not None and not _pristine_built(repo, pre):
+    if usable and pre is not None and not _pristine_ready(repo, pre):
         warming = hooks.queue_prebuild(repo, str(_cwd(repo)), pre)
-        ui.console.print(f"building the pristine tree of refs/ksplice/pre ({pre[:12]}) in "
-                         "the background now, so the first update does not wait for it "
-                         f"(log {warming.log})", markup=False)
+        how = ("preparing the pristine tree (make modules_prepare)"
+               if read_build_mode(repo) == "targeted" else "building the pristine tree")
+        ui.console.print(f"{how} of refs/ksplice/pre ({pre[:12]}) in the background now, so "
+                         f"the first update does not wait for it (log {warming.log})",
+                         markup=False)
     if as_json:
         ui.print_json({"schema": hooks.SCHEMA, "hook": str(path), "watch": watch,
                        "series": settings.series, "tips": tips,
@@ -227,9 +234,17 @@ def _warn_without_orig_config(repo: Repo) -> bool:
     return True
 
 
-def _pristine_built(repo: Repo, pre: str) -> bool:
-    st = BuildTree(repo, build_dir(repo)).state()
-    return st.get("phase") == "pristine" and st.get("pre") == pre
+def _pristine_tree(repo: Repo, pre: str | None):  # -> pipeline.PristineTree
+    # The pipeline (and the engine below it) is imported only here: `hook notify`, on every
+    # ref update, must stay light.
+    from git_ksplice.pipeline import pristine_tree
+
+    return pristine_tree(repo, build_dir(repo), read_build_mode(repo), pre)
+
+
+def _pristine_ready(repo: Repo, pre: str) -> bool:
+    tree = _pristine_tree(repo, pre)
+    return tree.ready and tree.pre == pre
 
 
 def _watch_values(settings: HookSettings) -> list[str]:
@@ -299,7 +314,8 @@ def status(repo: Repo, as_json: bool, show_all: bool = False) -> int:
         ui.print_json({"schema": hooks.SCHEMA, "installed": installed, "hook": str(path),
                        "watch": watch, "series": series_on, "pre": pre,
                        "worker": {"pid": worker, "log": str(queue.worker_log)},
-                       "notifying": notifying, "jobs": [j.public() for j in jobs]})
+                       "notifying": notifying, "jobs": [j.public() for j in jobs],
+                       "pristine_tree": vars(_pristine_tree(repo, pre))})
         return EXIT_OK
     # A listing, like `git status`: on stdout, so that `| grep failed` and `| less` work.
     con = ui.listing
@@ -311,6 +327,7 @@ def status(repo: Repo, as_json: bool, show_all: bool = False) -> int:
     con.print("refs/ksplice/pre: " + (f"{pre[:12]} {repo.commit_subject(pre)}" if pre
                                        else "not set (the running kernel's source)"),
               markup=False)
+    con.print("pristine tree: " + _pristine_tree(repo, pre).describe(), markup=False)
     if installed:
         _warn_without_orig_config(repo)
     con.print(f"worker: {'running, pid ' + str(worker) if worker else 'idle'} "
@@ -331,7 +348,7 @@ def status(repo: Repo, as_json: bool, show_all: bool = False) -> int:
         state = j.state + (f" (exit {j.exit_code})" if j.state == "failed" and j.exit_code
                            else "")
         what = (f"{j.commit[:12]} {j.subject}" if j.kind == "update"
-                else f"pristine build of refs/ksplice/pre ({j.commit[:12]})")
+                else f"pristine tree of refs/ksplice/pre ({j.commit[:12]})")
         con.print(f"#{j.seq} {j.id}  {state:<10} {what}  "
                   f"({j.ref.removeprefix('refs/heads/')})", markup=False)
         times = f"queued {_when(j.queued_at)}"

@@ -9,6 +9,7 @@ import tarfile
 
 import pytest
 
+from git_ksplice.package import read_tarball
 from tests.kernel.conftest import KernelRepo
 
 pytestmark = pytest.mark.kernel
@@ -273,7 +274,10 @@ def test_unsafe_or_empty_changes_are_refused(kernel_repo: KernelRepo, name: str,
 
 def test_symbol_version_disagreement_is_refused(kernel_repo: KernelRepo, tmp_path) -> None:
     """A module whose symbol CRCs differ from the running kernel's would not load: refused,
-    naming the symbol. (ORIG_CONFIG's Module.symvers is edited to disagree on seq_printf.)"""
+    naming the symbol. (ORIG_CONFIG's Module.symvers is edited to disagree on seq_printf.)
+    The full-tree mode's tree makes its own Module.symvers, which can disagree; the targeted
+    mode builds the module against ORIG_CONFIG's itself, so its CRCs are the running
+    kernel's by construction (the next test)."""
     import shutil
 
     k = kernel_repo
@@ -288,9 +292,28 @@ def test_symbol_version_disagreement_is_refused(kernel_repo: KernelRepo, tmp_pat
         lines.append("\t".join((crc, name, rest)))
     symvers.write_text("\n".join(lines) + "\n")
     k.commit_patch("symvers", dict([MEMINFO]))
-    _, tarball, r = k.create("symvers", f"--config={orig}", expect=65)
+    _, tarball, r = k.create("symvers", f"--config={orig}", "--build-mode=full", expect=65)
     assert "seq_printf" in r.stderr and "CRC" in r.stderr, r.stderr
     assert not tarball.exists()
+
+
+def test_the_targeted_module_takes_the_running_kernels_crcs(kernel_repo: KernelRepo,
+                                                            tmp_path) -> None:
+    import shutil
+
+    k = kernel_repo
+    orig = tmp_path / "orig"
+    shutil.copytree(k.running.orig_config, orig)
+    symvers = orig / "Module.symvers"
+    crc = next(line.split("\t")[0] for line in symvers.read_text().splitlines()
+               if line.split("\t")[1] == "seq_printf")
+    changed = f"0x{int(crc, 16) ^ 0x1:08x}"
+    symvers.write_text(symvers.read_text().replace(f"{crc}\tseq_printf\t",
+                                                   f"{changed}\tseq_printf\t"))
+    k.commit_patch("symvers-targeted", dict([MEMINFO]))
+    _, tarball, _ = k.create("symvers_targeted", f"--config={orig}")
+    _, ko = read_tarball(tarball).livepatch_module()
+    assert int(changed, 16).to_bytes(4, "little") + b"\0" * 4 + b"seq_printf\0" in ko
 
 
 def test_vermagic_mismatch_is_refused(kernel_repo: KernelRepo, tmp_path) -> None:

@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""The targeted build mode against the full build it avoids.
+
+Reference kernel (the real-kernel tier's ORIG_CONFIG; run that tier once first): in a fresh
+repository made from the source tarball,
+- cold `git ksplice create` of a one-function fix (/proc/meminfo string): worktree checkout,
+  make modules_prepare, reading the Makefiles, compiling the object at pre and post, the
+  livepatch module;
+- warm `create` of a second fix (/proc/cmdline), and of a header change that reaches seven
+  objects (include/linux/sched/loadavg.h);
+- with --full, the full-tree mode in the same repository (its pristine build included).
+
+Debian's configuration (--debian ROOT, the unpacked linux-headers and linux-image packages;
+see ../shared/kernel-lab/debian.md): the targeted steps through the library, up to the
+comparison (Debian's System.map is a stub, so the module needs the running kernel's symbols,
+which `import-kernel` will read), and the cost per object compiled, to extrapolate the full
+build's 13,500 objects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from readme import update_section  # noqa: E402
+
+sys.path.insert(0, str(REPO))
+
+from tests.kernel.conftest import CACHE, JOBS, SOURCE_TARBALL, _git_env, _key  # noqa: E402
+
+FIXES = {
+    "meminfo": ("fs/proc/meminfo.c", '"MemAvailable:   "', '"MemAvailable:!  "'),
+    "cmdline": ("fs/proc/cmdline.c", "\tseq_putc(m, '\\n');",
+                "\tseq_puts(m, \" ksplice\");\n\tseq_putc(m, '\\n');"),
+    "loadavg": ("include/linux/sched/loadavg.h",
+                "#define LOAD_FRAC(x) LOAD_INT(((x) & (FIXED_1-1)) * 100)",
+                "#define LOAD_FRAC(x) (LOAD_INT(((x) & (FIXED_1-1)) * 100) + 42)"),
+}
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[float, str]:
+    start = time.perf_counter()
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
+    return time.perf_counter() - start, r.stdout + r.stderr
+
+
+def fresh_repository(where: Path, env: dict) -> tuple[Path, float]:
+    """The source tarball as a new repository (one commit); seconds taken."""
+    where.mkdir(parents=True)
+    run(["tar", "xf", str(SOURCE_TARBALL)], where)
+    src = where / "linux-source-6.1"
+    gi = src / ".gitignore"
+    gi.write_text(gi.read_text().split("#\n# Debian packaging")[0])
+    took = sum(run(c, src, env)[0] for c in (
+        ["git", "init", "-q"], ["git", "add", "-A"],
+        ["git", "-c", "gc.autoDetach=false", "commit", "-qm", "base"]))
+    return src, took
+
+
+def create(src: Path, env: dict, fix: str, *extra: str) -> tuple[float, list[tuple[str, float]]]:
+    """Commit `fix` on a branch from pre (or HEAD) and time `git ksplice create`."""
+    path, old, new = FIXES[fix]
+    base = "refs/ksplice/pre" if run(["git", "rev-parse", "-q", "--verify", "refs/ksplice/pre"],
+                                     src, env)[1] else "HEAD"
+    run(["git", "checkout", "-q", "-f", "-B", f"bench-{fix}", base], src, env)
+    p = src / path
+    p.write_text(p.read_text().replace(old, new, 1))
+    run(["git", "commit", "-qam", f"bench: {fix}"], src, env)
+    wall, out = run([sys.executable, "-m", "git_ksplice", "create", "-j", JOBS, "--id",
+                     f"bench_{uuid.uuid4().hex[:6]}", *extra], src, env)
+    phases = [(m.group(1), float(m.group(2)))
+              for m in re.finditer(r"^(.*?): done in ([\d.]+)s", out, re.M)]
+    return wall, phases
+
+
+def reference(full: bool) -> list[tuple[str, float]]:
+    base = CACHE / f"linux-6.1-{_key()}"
+    env = _git_env(base / "home")
+    scratch = base / f"bench-targeted-{uuid.uuid4().hex[:6]}"
+    rows: list[tuple[str, float]] = []
+    try:
+        src, took = fresh_repository(scratch, env)
+        rows.append(("import the source into git (not part of create)", took))
+        shutil.copytree(base / "orig-config", src / "ksplice")
+        for label, fix, extra in (("cold create, one-function fix", "meminfo", ()),
+                                  ("warm create, a second fix", "cmdline", ()),
+                                  ("warm create, a header used by 7 objects", "loadavg", ())):
+            wall, phases = create(src, env, fix, *extra)
+            rows += [(label, wall), *[(f"  {p}", t) for p, t in phases]]
+        if full:
+            wall, phases = create(src, env, "meminfo", "--build-mode=full")
+            rows += [("full-tree mode, cold: the same fix", wall),
+                     *[(f"  {p}", t) for p, t in phases]]
+    finally:
+        subprocess.run(["rm", "-rf", str(scratch)], check=False)
+    return rows
+
+
+def debian(root: Path) -> list[tuple[str, float]]:
+    """The targeted steps for Debian's configuration, through the library."""
+    from git_ksplice.affected import ChangeSet, affected_objects
+    from git_ksplice.includes import IncludeGraph
+    from git_ksplice.origconfig import OrigConfig
+    from git_ksplice.repo import Repo
+    from git_ksplice.targeted import PreparedTree
+    from git_ksplice.worktree import BuildSettings
+
+    headers = next((root / "usr/src").glob("linux-headers-*-amd64"))
+    base = CACHE / f"linux-6.1-{_key()}"
+    env = _git_env(base / "home")
+    scratch = base / f"bench-debian-{uuid.uuid4().hex[:6]}"
+    rows: list[tuple[str, float]] = []
+    try:
+        src, took = fresh_repository(scratch, env)
+        rows.append(("import the source into git (not part of create)", took))
+        orig = scratch / "orig"
+        orig.mkdir()
+        shutil.copy2(headers / ".config", orig / ".config")
+        shutil.copy2(headers / "Module.symvers", orig / "Module.symvers")
+        (orig / "flags").write_text(f"KERNELRELEASE={headers.name.removeprefix('linux-headers-')}"
+                                    " CC=gcc-12\n")
+        os.environ.update({k: v for k, v in env.items() if k.startswith("GIT_")})
+        repo = Repo.discover(str(src))
+        pre = repo.resolve_commit("HEAD")
+        tree = PreparedTree(repo, scratch / "build")
+        settings = BuildSettings(int(JOBS), OrigConfig(orig).flags)
+        log = scratch / "bench.log"
+        start = time.perf_counter()
+        tree.ensure_prepared(pre, OrigConfig(orig), settings, log=log)
+        prepared = time.perf_counter() - start
+        rows.append(("prepare: worktree checkout, make modules_prepare, Makefiles read",
+                     prepared))
+        rows += [(f"  {k}", v) for k, v in tree.timings.items()]
+        targets = tree.configuration().targets
+        rows.append((f"  objects this configuration builds: {len(targets)}", 0.0))
+        for fix in ("meminfo", "loadavg"):
+            path, old, new = FIXES[fix]
+            post = (tree.path / path).read_bytes().replace(old.encode(), new.encode(), 1)
+            start = time.perf_counter()
+            graph = IncludeGraph(tree.path, overlay={path: post})
+            found = affected_objects(graph, ChangeSet({path: post}, targets, targets,
+                                                      tree.recorded()))
+            chosen = time.perf_counter() - start
+            start = time.perf_counter()
+            tree.compile_pre(sorted(found.objects), settings, log)
+            compiled = time.perf_counter() - start
+            rows += [(f"{fix}: finding the objects ({len(found.objects)})", chosen),
+                     (f"{fix}: compiling them at pre", compiled),
+                     (f"{fix}: per object, make's fixed cost included",
+                      compiled / max(1, len(found.objects)))]
+    finally:
+        subprocess.run(["rm", "-rf", str(scratch)], check=False)
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--full", action="store_true", help="also measure the full-tree mode")
+    ap.add_argument("--debian", type=Path, metavar="ROOT",
+                    help="also measure Debian's configuration (unpacked packages)")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    os.environ.setdefault("PYTHONPATH", str(REPO))
+    rows = reference(args.full)
+    table = [f"Measured {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, make -j{JOBS}, "
+             "Linux 6.1 reference configuration, fresh repository.", "",
+             "| step | seconds |", "|---|---:|", *[f"| {n} | {t:.1f} |" for n, t in rows]]
+    if args.debian:
+        drows = debian(args.debian)
+        table += ["", "Debian's configuration (linux-headers-6.1.0-57-amd64's .config), "
+                  "through the library:", "", "| step | seconds |", "|---|---:|",
+                  *[f"| {n} | {t:.1f} |" for n, t in drows]]
+    text = "\n".join(table)
+    print(text)
+    if not args.no_write:
+        update_section("targeted", "The targeted mode (`benchmarks/targeted.py`)", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
