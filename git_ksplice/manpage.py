@@ -58,6 +58,11 @@ CONFIG_KEYS: dict[str, str] = {
         "Where the build worktree, the cache of the pristine build and its state live. "
         "Default: `ksplice/build` in the common git directory. A kernel tree built at one "
         "path rebuilds everything at another: changing it means one full build.",
+    "ksplice.buildMode":
+        "`targeted` (the default) or `full`, as `--build-mode` gives them: the targeted mode "
+        "only prepares the pristine tree and compiles the objects a change can affect; the "
+        "full mode builds the whole pristine tree once and rebuilds incrementally. A tree "
+        "that is not Linux is always built whole.",
     "ksplice.outputDir":
         "Where update tarballs are written when `-o` is not given. A relative path is "
         "relative to the top of the working tree. Default: `ksplice/updates` in the common "
@@ -109,10 +114,15 @@ DESCRIPTION = [
     "extracts the changed code and packages a livepatch module as "
     "`ksplice-<ID>.tar.gz`.",
     "The kernel is built in git-ksplice's own worktree under the common git directory "
-    "(`ksplice/build/tree`), never in yours: your HEAD, index and files are left alone. The "
-    "pristine build of the running kernel's source is made once and kept warm; each update "
-    "is an incremental build of the changed commit in the same tree, which is then reverted. "
-    "Objects whose bytes changed are compared function by function and mapped to their "
+    "(`ksplice/build`), never in yours: your HEAD, index and files are left alone. By "
+    "default (the targeted mode) the pristine tree of the running kernel's source is only "
+    "prepared (`make modules_prepare`), and each update compiles the objects its change can "
+    "affect (the objects of changed sources, the units that can include a changed header, "
+    "the objects under a changed Makefile) before and after the change; a change only a "
+    "full build can follow (a Kconfig file, the top Makefile, scripts) falls back to it, "
+    "saying why. In the full mode (`--build-mode=full`) the pristine build is made once and "
+    "kept warm, and each update is an incremental build of the changed commit in the same "
+    "tree, which is then reverted. Objects whose bytes changed are compared function by function and mapped to their "
     "target, vmlinux or a module. For a Linux tree the update carries one livepatch module, "
     "`ksplice_<ID>.ko`, checked against the running kernel's `vermagic` and symbol CRCs "
     "before it is packaged.",

@@ -63,11 +63,22 @@ def test_settings_take_the_command_line_then_git_c_then_git_config_then_defaults
                                                  extra_match=[""]))
     assert (s.series, s.jobs, s.extra_match) == (True, 5, [])  # the command line over all
 
+    assert read_create_settings(repo, opts).build_mode == "targeted"
+    kernel.git("config", "ksplice.buildMode", "Full")
+    assert read_create_settings(repo, opts).build_mode == "full"
+    assert read_create_settings(repo, CreateOptions(cwd=str(kernel.path),
+                                                    build_mode="targeted")).build_mode == \
+        "targeted"
+
 
 def test_a_bad_setting_names_itself(kernel: Kernel) -> None:
     repo = Repo.discover(kernel.path)
     kernel.git("config", "ksplice.series", "perhaps")
     with pytest.raises(InputError, match=r"bad value for ksplice\.series"):
+        read_create_settings(repo, CreateOptions(cwd=str(kernel.path)))
+    kernel.git("config", "ksplice.series", "true")
+    kernel.git("config", "ksplice.buildMode", "quick")
+    with pytest.raises(InputError, match=r"ksplice\.buildMode='quick' is not a build mode"):
         read_create_settings(repo, CreateOptions(cwd=str(kernel.path)))
 
 
