@@ -3,11 +3,12 @@
 
 Uses the real-kernel tier's cached builds (tests/kernel/conftest.py; run that tier once
 first). Measures, for a one-function patch (a /proc/meminfo string):
-- a warm `git ksplice create` (pristine tree built), phase by phase;
+- a warm `git ksplice create` (default, targeted mode: pristine tree prepared), phase by phase;
 - the floor: the bare incremental `make` after applying the same patch to the normally built
   running kernel's tree (then the patch is reverted and the tree rebuilt);
-- with --cold, a cold create: a fresh repository, `create --prebuild` included (a full
-  kernel build), against a full `make` of the running kernel's tree (from `make clean`).
+- with --cold, a cold create in the full-tree mode: a fresh repository, `create --prebuild
+  --build-mode=full` included (a full kernel build), against a full `make` of the running
+  kernel's tree (from `make clean`). The targeted mode's cold create: benchmarks/targeted.py.
 Targets: warm create <= 1.5 x the incremental make; cold create <= 1.1 x a full build.
 """
 
@@ -24,13 +25,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from readme import update_section  # noqa: E402
+from readme import import_source, publish, seconds_table, timed  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 
 from tests.kernel.conftest import (  # noqa: E402
     CACHE,
     JOBS,
+    SOURCE_TARBALL,
     _git_env,
     _kernel_repo,
     _key,
@@ -39,14 +41,6 @@ from tests.kernel.conftest import (  # noqa: E402
 
 OLD, NEW = '"MemAvailable:   "', '"MemAvailable:!  "'
 FILE = "fs/proc/meminfo.c"
-
-
-def timed(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[float, str]:
-    start = time.perf_counter()
-    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
-    return time.perf_counter() - start, r.stdout + r.stderr
 
 
 def warm(base: Path) -> list[tuple[str, float]]:
@@ -85,19 +79,10 @@ def cold(base: Path) -> list[tuple[str, float]]:
     running = _running_kernel(base)
     scratch = base / f"cold-{uuid.uuid4().hex[:6]}"
     env = _git_env(base / "home")
-    scratch.mkdir()
-    timed(["tar", "xf", "/usr/src/linux-source-6.1.tar.xz"], scratch)
-    src = scratch / "linux-source-6.1"
-    gi = src / ".gitignore"
-    gi.write_text(gi.read_text().split("#\n# Debian packaging")[0])
-    # The commit's automatic `git gc` runs in the foreground: detached, it would repack the
-    # fresh repository's 75,000 loose objects on the CPUs the timed build below is using.
-    t_import = sum(timed(c, src, env)[0] for c in (
-        ["git", "init", "-q"], ["git", "add", "-A"],
-        ["git", "-c", "gc.autoDetach=false", "commit", "-qm", "base"]))
+    src, t_import = import_source(SOURCE_TARBALL, scratch, env)
     subprocess.run(["cp", "-r", str(base / "orig-config"), str(src / "ksplice")], check=True)
-    t_pre, out = timed([sys.executable, "-m", "git_ksplice", "create", "--prebuild", "-j",
-                        JOBS], src, env)
+    t_pre, out = timed([sys.executable, "-m", "git_ksplice", "create", "--prebuild",
+                        "--build-mode=full", "-j", JOBS], src, env)
     steps = re.search(r"^pristine build .*: done in ([\d.]+)s \(built: checkout ([\d.]+)s, "
                       r"make ([\d.]+)s, cache ([\d.]+)s\)", out, re.M)
     full, _ = timed(["sh", "-c", f"make -s clean && make -j{JOBS} bzImage modules"],
@@ -124,12 +109,8 @@ def main() -> int:
         rows += cold(base)
     lines = [f"Measured {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, make -j{JOBS}, "
              "Linux 6.1 reference configuration, one-function patch (/proc/meminfo string).",
-             "", "| step | seconds |", "|---|---:|",
-             *[f"| {name} | {t:.1f} |" for name, t in rows]]
-    table = "\n".join(lines)
-    print(table)
-    if not args.no_write:
-        update_section("kernel", "The real kernel (`benchmarks/kernel.py`)", table)
+             "", *seconds_table(rows)]
+    publish("kernel", "The real kernel (`benchmarks/kernel.py`)", lines, not args.no_write)
     return 0
 
 

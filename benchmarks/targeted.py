@@ -20,6 +20,7 @@ build's 13,500 objects.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -27,11 +28,12 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from readme import update_section  # noqa: E402
+from readme import import_source, publish, seconds_table, timed  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 
@@ -47,37 +49,31 @@ FIXES = {
 }
 
 
-def run(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[float, str]:
-    start = time.perf_counter()
-    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
-    return time.perf_counter() - start, r.stdout + r.stderr
-
-
-def fresh_repository(where: Path, env: dict) -> tuple[Path, float]:
-    """The source tarball as a new repository (one commit); seconds taken."""
-    where.mkdir(parents=True)
-    run(["tar", "xf", str(SOURCE_TARBALL)], where)
-    src = where / "linux-source-6.1"
-    gi = src / ".gitignore"
-    gi.write_text(gi.read_text().split("#\n# Debian packaging")[0])
-    took = sum(run(c, src, env)[0] for c in (
-        ["git", "init", "-q"], ["git", "add", "-A"],
-        ["git", "-c", "gc.autoDetach=false", "commit", "-qm", "base"]))
-    return src, took
+@contextlib.contextmanager
+def scratch_repository(name: str) -> Iterator[tuple[Path, dict, float]]:
+    """(the source tarball as a new repository of one commit, its git environment, the
+    seconds the import took), in the kernel cache; removed afterwards."""
+    base = CACHE / f"linux-6.1-{_key()}"
+    env = _git_env(base / "home")
+    scratch = base / f"bench-{name}-{uuid.uuid4().hex[:6]}"
+    try:
+        src, took = import_source(SOURCE_TARBALL, scratch, env)
+        yield src, env, took
+    finally:
+        subprocess.run(["rm", "-rf", str(scratch)], check=False)
 
 
 def create(src: Path, env: dict, fix: str, *extra: str) -> tuple[float, list[tuple[str, float]]]:
     """Commit `fix` on a branch from pre (or HEAD) and time `git ksplice create`."""
     path, old, new = FIXES[fix]
-    base = "refs/ksplice/pre" if run(["git", "rev-parse", "-q", "--verify", "refs/ksplice/pre"],
-                                     src, env)[1] else "HEAD"
-    run(["git", "checkout", "-q", "-f", "-B", f"bench-{fix}", base], src, env)
+    has_pre = subprocess.run(["git", "rev-parse", "-q", "--verify", "refs/ksplice/pre"],
+                             cwd=src, env=env, capture_output=True).returncode == 0
+    base = "refs/ksplice/pre" if has_pre else "HEAD"
+    timed(["git", "checkout", "-q", "-f", "-B", f"bench-{fix}", base], src, env)
     p = src / path
     p.write_text(p.read_text().replace(old, new, 1))
-    run(["git", "commit", "-qam", f"bench: {fix}"], src, env)
-    wall, out = run([sys.executable, "-m", "git_ksplice", "create", "-j", JOBS, "--id",
+    timed(["git", "commit", "-qam", f"bench: {fix}"], src, env)
+    wall, out = timed([sys.executable, "-m", "git_ksplice", "create", "-j", JOBS, "--id",
                      f"bench_{uuid.uuid4().hex[:6]}", *extra], src, env)
     phases = [(m.group(1), float(m.group(2)))
               for m in re.finditer(r"^(.*?): done in ([\d.]+)s", out, re.M)]
@@ -85,14 +81,10 @@ def create(src: Path, env: dict, fix: str, *extra: str) -> tuple[float, list[tup
 
 
 def reference(full: bool) -> list[tuple[str, float]]:
-    base = CACHE / f"linux-6.1-{_key()}"
-    env = _git_env(base / "home")
-    scratch = base / f"bench-targeted-{uuid.uuid4().hex[:6]}"
     rows: list[tuple[str, float]] = []
-    try:
-        src, took = fresh_repository(scratch, env)
+    with scratch_repository("targeted") as (src, env, took):
         rows.append(("import the source into git (not part of create)", took))
-        shutil.copytree(base / "orig-config", src / "ksplice")
+        shutil.copytree(CACHE / f"linux-6.1-{_key()}" / "orig-config", src / "ksplice")
         for label, fix, extra in (("cold create, one-function fix", "meminfo", ()),
                                   ("warm create, a second fix", "cmdline", ()),
                                   ("warm create, a header used by 7 objects", "loadavg", ())):
@@ -102,8 +94,6 @@ def reference(full: bool) -> list[tuple[str, float]]:
             wall, phases = create(src, env, "meminfo", "--build-mode=full")
             rows += [("full-tree mode, cold: the same fix", wall),
                      *[(f"  {p}", t) for p, t in phases]]
-    finally:
-        subprocess.run(["rm", "-rf", str(scratch)], check=False)
     return rows
 
 
@@ -117,12 +107,9 @@ def debian(root: Path) -> list[tuple[str, float]]:
     from git_ksplice.worktree import BuildSettings
 
     headers = next((root / "usr/src").glob("linux-headers-*-amd64"))
-    base = CACHE / f"linux-6.1-{_key()}"
-    env = _git_env(base / "home")
-    scratch = base / f"bench-debian-{uuid.uuid4().hex[:6]}"
     rows: list[tuple[str, float]] = []
-    try:
-        src, took = fresh_repository(scratch, env)
+    with scratch_repository("debian") as (src, env, took):
+        scratch = src.parent
         rows.append(("import the source into git (not part of create)", took))
         orig = scratch / "orig"
         orig.mkdir()
@@ -159,8 +146,6 @@ def debian(root: Path) -> list[tuple[str, float]]:
                      (f"{fix}: compiling them at pre", compiled),
                      (f"{fix}: per object, make's fixed cost included",
                       compiled / max(1, len(found.objects)))]
-    finally:
-        subprocess.run(["rm", "-rf", str(scratch)], check=False)
     return rows
 
 
@@ -174,17 +159,12 @@ def main() -> int:
     os.environ.setdefault("PYTHONPATH", str(REPO))
     rows = reference(args.full)
     table = [f"Measured {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, make -j{JOBS}, "
-             "Linux 6.1 reference configuration, fresh repository.", "",
-             "| step | seconds |", "|---|---:|", *[f"| {n} | {t:.1f} |" for n, t in rows]]
+             "Linux 6.1 reference configuration, fresh repository.", "", *seconds_table(rows)]
     if args.debian:
-        drows = debian(args.debian)
         table += ["", "Debian's configuration (linux-headers-6.1.0-57-amd64's .config), "
-                  "through the library:", "", "| step | seconds |", "|---|---:|",
-                  *[f"| {n} | {t:.1f} |" for n, t in drows]]
-    text = "\n".join(table)
-    print(text)
-    if not args.no_write:
-        update_section("targeted", "The targeted mode (`benchmarks/targeted.py`)", text)
+                  "through the library:", "", *seconds_table(debian(args.debian))]
+    publish("targeted", "The targeted mode (`benchmarks/targeted.py`)", table,
+            not args.no_write)
     return 0
 
 
