@@ -1,6 +1,7 @@
 """Which translation units a change to a source file can affect, without compiling: every
-file a `.c` file may include, found by reading `#include` lines. Built for the targeted mode
-(issue 12), where no build has left kbuild's dependency records behind.
+file a `.c` file may include, found by reading `#include` lines. The targeted mode's way to
+see a header's users (`affected.py`) for objects no build has left kbuild's dependency records
+of yet.
 
 Method: from a unit's source, follow every `#include` line, whether or not a preprocessor
 condition around it holds (so the set is a superset of what the compiler reads), plus the
@@ -14,10 +15,17 @@ compiler_types.h). A name is resolved as the compiler would, and more:
   knows) is every file of the tree with that name: more than the compiler reads, never less.
 
 Limits, stated:
-- Macro-computed includes (`#include TRACE_INCLUDE(TRACE_INCLUDE_FILE)`, `#include
-  GENL_MAGIC_INCLUDE_FILE`) are not followed by name. The trace-event ones re-include the
-  trace header that included `define_trace.h`, which is already in the set; measured on the
-  reference kernel, no dependency kbuild recorded was missed (tests/kernel).
+- Macro-computed includes: a macro defined as a header's name (`#define
+  GENL_MAGIC_INCLUDE_FILE <linux/drbd_genl.h>`, `#define REQUEST_FILE "../x.h"`) counts as
+  an include of that header wherever it is defined; a name computed by token pasting
+  (`#include TRACE_INCLUDE(TRACE_INCLUDE_FILE)`) is not followed. The trace-event ones
+  re-include the trace header that included `define_trace.h`, which is already in the set,
+  and kbuild's `.cmd` records (used beside this graph once an object was compiled) follow
+  them exactly; measured on the reference kernel, no dependency kbuild recorded for any C
+  unit is missed (tests/kernel).
+- `-include FILE` flags: kbuild's own, given to every unit, are followed; a Makefile's own
+  (`CFLAGS_version.o := -include ...` in init/, of generated files; no tracked header is
+  forced that way on x86 in 6.1) are not read here, and kbuild's `.cmd` records hold them.
 - Generated headers (`include/generated/`, `*/include/generated/`, `include/config/`) are
   followed where they exist but are never the changed file: a change to what generates them
   (a Kconfig file, a syscall table, a script) is beyond this method, and the caller must
@@ -35,6 +43,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 _INCLUDE = re.compile(rb'^[ \t]*#[ \t]*include[ \t]*([<"])([^>"\n]+)[>"]', re.M)
+#: A macro whose value is a header's name, for an `#include MACRO` elsewhere
+#: (`#define GENL_MAGIC_INCLUDE_FILE <linux/drbd_genl.h>`): taken as an include of it.
+_HEADER_MACRO = re.compile(rb'^[ \t]*#[ \t]*define[ \t]+\w+[ \t]+([<"])([^>"\n]+\.h)[>"]',
+                           re.M)
 
 #: The compiler's search path for kernel code on x86, in kbuild's order (LINUXINCLUDE).
 KERNEL_SEARCH_PATH = ("arch/x86/include", "arch/x86/include/generated", "include",
@@ -142,7 +154,9 @@ class IncludeGraph:
     def _includes(self, path: str) -> frozenset[str]:
         found = self._direct.get(path)
         if found is None:
-            found = frozenset(target for quote, name in _INCLUDE.findall(self._read(path))
+            data = self._read(path)
+            named = _INCLUDE.findall(data) + _HEADER_MACRO.findall(data)
+            found = frozenset(target for quote, name in named
                               for target in self._resolve(path, quote == b'"',
                                                           name.decode("utf-8", "replace")))
             self._direct[path] = found

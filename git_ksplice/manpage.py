@@ -122,9 +122,9 @@ DESCRIPTION = [
     "full build can follow (a Kconfig file, the top Makefile, scripts) falls back to it, "
     "saying why. In the full mode (`--build-mode=full`) the pristine build is made once and "
     "kept warm, and each update is an incremental build of the changed commit in the same "
-    "tree, which is then reverted. Objects whose bytes changed are compared function by function and mapped to their "
-    "target, vmlinux or a module. For a Linux tree the update carries one livepatch module, "
-    "`ksplice_<ID>.ko`, checked against the running kernel's `vermagic` and symbol CRCs "
+    "tree, which is then reverted. Objects whose bytes changed are compared function by "
+    "function and mapped to their target, vmlinux or a module. For a Linux tree the update "
+    "carries one livepatch module, `ksplice_<ID>.ko`, checked against the running kernel's `vermagic` and symbol CRCs "
     "before it is packaged.",
     "The state is kept in git, under `refs/ksplice/`:",
 ]
