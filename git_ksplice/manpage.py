@@ -124,8 +124,8 @@ DESCRIPTION = [
     "kept warm, and each update is an incremental build of the changed commit in the same "
     "tree, which is then reverted. Objects whose bytes changed are compared function by "
     "function and mapped to their target, vmlinux or a module. For a Linux tree the update "
-    "carries one livepatch module, `ksplice_<ID>.ko`, checked against the running kernel's `vermagic` and symbol CRCs "
-    "before it is packaged.",
+    "carries one livepatch module, `ksplice_<ID>.ko`, checked against the running kernel's "
+    "`vermagic` and symbol CRCs before it is packaged.",
     "The state is kept in git, under `refs/ksplice/`:",
 ]
 
