@@ -43,6 +43,7 @@ from git_ksplice.includes import IncludeGraph
 
 #: Changes only a full build can follow: (pattern, why). First match wins.
 _FULL_BUILD = (
+    ("*include/*Kbuild", "an include directory's Kbuild makes the generated asm/ wrappers"),
     ("Kconfig*", "a Kconfig file can change the configuration itself"),
     ("*/Kconfig*", "a Kconfig file can change the configuration itself"),
     ("Makefile", "the top-level Makefile sets every object's flags"),
@@ -60,11 +61,12 @@ _FULL_BUILD = (
     ("lib/vdso/*", "the vDSO is an image linked into vmlinux as data"),
     ("arch/x86/realmode/rm/*", "the real-mode code is an image linked into vmlinux as data"),
     ("arch/x86/boot/*", "the boot code is not part of vmlinux's objects"),
+    ("arch/x86/purgatory/*", "the purgatory is an image linked into vmlinux as data"),
     ("usr/*", "usr/ builds the initramfs image linked into vmlinux"),
 )
 #: Paths no object reads.
 _INERT = ("Documentation/*", "LICENSES/*", "tools/*", "samples/*", "README", "MAINTAINERS",
-          "CREDITS", "COPYING", ".mailmap", "*.rst", "*.txt", ".gitignore", "*/.gitignore",
+          "CREDITS", "COPYING", ".mailmap", "*.rst", ".gitignore", "*/.gitignore",
           ".gitattributes", ".clang-format", ".cocciconfig", ".get_maintainer.ignore")
 _MAKEFILES = ("Makefile", "Kbuild", "Makefile.*")
 _SOURCES = (".c", ".S")
@@ -107,19 +109,24 @@ def affected_objects(graph: IncludeGraph, change: ChangeSet) -> Affected:
     `graph` reads the tree at pre with post's changed files over it."""
     found = Affected()
     paths = sorted(change.changed)
-    for path in paths:
-        why = _needs_full_build(path)
-        if why is not None:
-            found.full_build = f"{path}: {why}"
-            return found
+    found.full_build = needs_full_build(paths)
+    if found.full_build is not None:
+        return found
     all_targets = {**change.pre_targets, **change.post_targets}
     sources = {o: s for o in all_targets if (s := graph.unit_source(o)) is not None}
     for obj, cause in sorted(graph.affected(paths, sources).items()):
         found.add([obj], cause)
     for obj, deps in sorted(change.recorded.items()):
-        hit = next((p for p in paths if p in deps), None)
+        recorded = set(deps)
+        hit = next((p for p in paths if p in recorded), None)
         if hit is not None:
             found.objects.setdefault(obj, hit)
+    # Objects compiled from generated sources (defkeymap.c from its _shipped copy, the vDSO
+    # image, capflags.c) have no source in a prepared tree to read includes from: any header
+    # change selects them, a handful of objects.
+    header = next((p for p in paths if p.endswith(_HEADERS)), None)
+    if header is not None:
+        found.add((o for o in all_targets if o not in sources), header)
     for path in paths:
         _select(path, change, sources, found, all_targets)
     if found.full_build is not None:
@@ -141,6 +148,12 @@ def _select(path: str, change: ChangeSet, sources: dict[str, str], found: Affect
         return
     if _inert(path):
         found.inert.append(path)
+    elif path.endswith(_SOURCES) and any(_under(o, os.path.dirname(path))
+                                         for o in all_targets):
+        # Not an object, in a directory that builds some: a host program generating their
+        # code (lib/gen_crc32table.c) or a file only the Makefile names.
+        found.full_build = (f"{path}: not an object of this configuration, in a directory "
+                            "that builds some: it may generate their code")
     elif path.endswith(_HEADERS + _SOURCES):
         found.not_built.append(path)  # no unit of this configuration is or includes it
     else:
@@ -148,10 +161,13 @@ def _select(path: str, change: ChangeSet, sources: dict[str, str], found: Affect
                             "it generates is not known here")
 
 
-def _needs_full_build(path: str) -> str | None:
-    for pattern, why in _FULL_BUILD:
-        if fnmatch.fnmatchcase(path, pattern):
-            return why
+def needs_full_build(paths: Iterable[str]) -> str | None:
+    """Why only a full build can follow a change to `paths` (the first such path), or
+    None."""
+    for path in paths:
+        for pattern, why in _FULL_BUILD:
+            if fnmatch.fnmatchcase(path, pattern):
+                return f"{path}: {why}"
     return None
 
 

@@ -237,7 +237,6 @@ class BuildTree(WorkTree):
     def pristine_file(self, rel: str) -> Path:
         return self.cache / rel
 
-_ORPHAN_WARNING = "ld: warning: orphan section "
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -85,7 +85,8 @@ def _create_options(f):
                      "replaces X (EXT with its dot: .new)."),
         click.option("--git", "git_commit", metavar="COMMIT", help="Build the change "
                      "refs/ksplice/pre..COMMIT (same as COMMIT)."),
-        click.option("--prebuild", is_flag=True, help="Only build the pristine tree."),
+        click.option("--prebuild", is_flag=True, help="Only prepare (full mode: build) the "
+                     "pristine tree."),
         click.option("--series/--no-series", default=None, help="Stack: the next update "
                      "builds on this one (refs/ksplice/pre advances; default: ksplice.series)."),
         click.option("--id", "update_id", metavar="ID", help="Update id (default: 8 random "

@@ -133,8 +133,10 @@ class IncludeGraph:
             return b""  # a generated header not made yet, a dangling name
 
     def _exists(self, path: str) -> bool:
-        if path in self.overlay:
-            return self.overlay[path] is not None
+        # A file deleted at post still resolves, as it did at pre: a unit whose include
+        # now finds another file of that name (a shadowing header deleted) is selected.
+        if self.overlay.get(path) is not None:
+            return True
         directory, name = os.path.split(path)
         return name in self._files_in(directory)
 

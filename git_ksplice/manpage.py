@@ -145,16 +145,21 @@ REFS_AFTER = (
 
 #: Paths under the common git directory's ksplice/ (FILES).
 FILES: dict[str, str] = {
-    "build/tree/": "The build worktree (a locked git worktree), at refs/ksplice/pre when no "
-                   "build runs.",
+    "build/targeted/tree/": "The targeted mode's build worktree, prepared (make "
+                            "modules_prepare) at refs/ksplice/pre.",
+    "build/targeted/objects/": "Objects compiled at refs/ksplice/pre, with their `.cmd` "
+                               "records, kept for the next update; `targets.json` is what the "
+                               "configuration builds, `state.json` the tree's phase.",
+    "build/tree/": "The full-tree mode's build worktree (a locked git worktree), at "
+                   "refs/ksplice/pre when no build runs.",
     "build/pristine/": "A copy of every product of the pristine build, restored after each "
                        "patched build.",
     "build/state.json": "The build tree's phase; a run killed mid-build leaves it so that "
                         "the next run reverts the tree first.",
     "updates/": "The update tarballs, `ksplice-<ID>.tar.gz` (unless `-o` or ksplice.outputDir "
                 "says otherwise).",
-    "logs/": "Build logs: `prebuild.log`, `<ID>.log`; `logs/hook/` holds the hook's job logs "
-             "and `worker.log`.",
+    "logs/": "Build logs: `prepare.log`, `prebuild.log`, `<ID>.log`; `logs/hook/` holds the "
+             "hook's job logs and `worker.log`.",
     "modules/<ID>/": "Where the livepatch module of update <ID> is built.",
     "hook/": "The hook's queue: `jobs/` (one JSON file per queued commit, in the order the "
              "commits landed), `tips.json` (the watched refs as last seen) and the queue's "

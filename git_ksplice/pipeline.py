@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from git_ksplice import __version__, inputs, ledger
-from git_ksplice.affected import Affected, ChangeSet, affected_objects
+from git_ksplice.affected import Affected, ChangeSet, affected_objects, needs_full_build
 from git_ksplice.build import BuildSettings, BuildTree, PatchedBuild
 from git_ksplice.elf.diff import Options, diff_objects
 from git_ksplice.elf.model import empty_object, read_object
@@ -46,6 +46,7 @@ from git_ksplice.kbuild import (
     module_ko_path,
     target_map,
 )
+from git_ksplice.kbuild_objects import Configuration
 from git_ksplice.layout import changed_layouts
 from git_ksplice.livepatch.module import (
     ModuleBuild,
@@ -170,7 +171,7 @@ class _Run:
         self.build: BuildSettings | None = None
         self.targeted = False
         #: what post's configuration builds (targeted mode; pre's unless a Makefile changed)
-        self.post_config = None
+        self.post_config: Configuration | None = None
         #: changed sources this configuration does not build (targeted mode)
         self.not_built: list[str] = []
         self.update = Update(self.id)  # filled as the phases go
@@ -387,8 +388,8 @@ class _Run:
         assert self.build is not None
         self.tree = self.full
         self.say.start(f"pristine build of {self.pre[:12]} (make -j{self.settings.jobs})")
-        if self.full.state().get("pre") != self.pre and self.prepared.targets_file.exists():
-            self.say.expect(len(self.prepared.configuration().targets))
+        if self.full.state().get("pre") != self.pre:
+            self.say.expect(self.prepared.configured_count())
         built = self.full.ensure_pristine(self.pre, self.settings.orig, self.build,
                                           log=self.logs / "prebuild.log",
                                           rebuild=not self.request.skip_prebuild)
@@ -483,7 +484,7 @@ class _Run:
                    for p in self.repo.changed_paths(self.pre, post, ())}
         pre_config = self.prepared.configuration()
         self.post_config = pre_config
-        if any(_is_makefile(p) for p in changed):
+        if any(_is_makefile(p) for p in changed) and needs_full_build(changed) is None:
             self.post_config = self.prepared.configuration_at(post)
         graph = IncludeGraph(self.prepared.path, overlay=changed)
         found = affected_objects(graph, ChangeSet(changed, pre_config.targets,

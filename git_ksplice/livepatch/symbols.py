@@ -7,8 +7,11 @@ the same list, and to know which of several same-named symbols is ours:
 - from ORIG_CONFIG's `vmlinux` when it is there (unstripped: it keeps the FILE symbols that
   say which source file each local came from);
 - otherwise from ORIG_CONFIG's `System.map` (the list, in kallsyms order) plus the pristine
-  build's `vmlinux` (the FILE blocks, to find ours and its rank among its namesakes);
-- for a module, from its `.ko` in the pristine build.
+  build's `vmlinux` (the FILE blocks, to find ours and its rank among its namesakes), or, in
+  the targeted mode, which links no vmlinux, from `System.map` alone (a name it holds
+  several times cannot be placed);
+- for a module, from its `.ko` in the pristine build, or (targeted mode) its pre objects
+  linked in kbuild's order.
 A name that cannot be placed unambiguously is an error that names the symbol.
 """
 
@@ -196,7 +199,10 @@ def _map_symbols(system_map: Path) -> list[KSym]:
     out = []
     for i, line in enumerate(system_map.read_text(errors="replace").splitlines()):
         parts = line.split()
-        if len(parts) < 3 or parts[1] in "aAUwWvV" or not parts[1].isalpha():
+        # Undefined, absolute and debugging entries are not in kallsyms' count; defined
+        # weak symbols (W, V) are.
+        if len(parts) < 3 or len(parts[1]) != 1 or parts[1] in "aAUNwv" \
+                or not parts[1].isalpha():
             continue
         try:
             address = int(parts[0], 16)

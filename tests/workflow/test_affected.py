@@ -150,3 +150,29 @@ def test_a_source_the_configuration_does_not_build_is_named(tree: Path) -> None:
 def test_a_deleted_header_selects_the_units_that_included_it(tree: Path) -> None:
     found = _affected(tree, {"kernel/sys_extra.h": None, "kernel/sys.c": b"int x;\n"})
     assert set(found.objects) == {"kernel/sys.o"}
+
+
+def test_a_deleted_header_that_shadowed_another_selects_its_includers(tree: Path) -> None:
+    (tree / "include/sys_extra.h").parent.mkdir(parents=True, exist_ok=True)
+    (tree / "include/sys_extra.h").write_text("")
+    # kernel/sys.c's "sys_extra.h" now finds include/sys_extra.h: sys.o must be rebuilt.
+    assert set(_affected(tree, {"kernel/sys_extra.h": None}).objects) == {"kernel/sys.o"}
+
+
+def test_objects_without_a_source_in_the_tree_are_selected_by_any_header(tree: Path) -> None:
+    generated = {**TARGETS, "drivers/tty/vt/defkeymap.o": "vmlinux"}  # from a _shipped file
+    graph = IncludeGraph(tree, overlay={"drivers/demo/demo.h": b"x"})
+    found = affected_objects(graph, ChangeSet({"drivers/demo/demo.h": b"x"}, generated,
+                                              generated, {}))
+    assert set(found.objects) == {"drivers/demo/demo.o", "drivers/tty/vt/defkeymap.o"}
+
+
+def test_a_source_that_is_not_an_object_in_a_building_directory_needs_the_full_build(
+        tree: Path) -> None:
+    found = _affected(tree, {"kernel/gen_table.c": b"int main(void) { return 0; }\n"})
+    assert found.full_build is not None and "kernel/gen_table.c" in found.full_build
+
+
+def test_an_include_directorys_kbuild_needs_the_full_build(tree: Path) -> None:
+    found = _affected(tree, {"arch/x86/include/asm/Kbuild": b"generic-y += current.h\n"})
+    assert found.full_build is not None and "asm/ wrappers" in found.full_build

@@ -159,7 +159,7 @@ def test_bash_subcommands(bash_script: Path, repo: Path) -> None:
 
 
 def test_bash_options(bash_script: Path, repo: Path) -> None:
-    assert dashed(bash_script, "create", "--bu", cwd=repo) == ["--build-modules"]
+    assert dashed(bash_script, "create", "--build-modu", cwd=repo) == ["--build-modules"]
     # Options that take a value are offered as --opt= (one word with its value).
     assert dashed(bash_script, "create", "--pa", cwd=repo) == ["--patch=", "--patch-opt="]
     assert "-j" in dashed(bash_script, "create", "-", cwd=repo)
@@ -207,7 +207,7 @@ def test_bash_through_git(bash_script: Path, repo: Path, tmp_path: Path) -> None
         return bash(_THROUGH_GIT, git, str(bash_script), "git", *words, cwd=cwd)
 
     assert through_git("ksplice", "cr") == ["create "]
-    assert through_git("ksplice", "create", "--bu") == ["--build-modules "]
+    assert through_git("ksplice", "create", "--build-modu") == ["--build-modules "]
     assert through_git("ksplice", "create", "--pat") == ["--patch=", "--patch-opt="]
     assert through_git("ksplice", "create", "fi") == ["fixes-1 "]
     assert through_git("ksplice", "create", "--git=fi") == ["fixes-1 "]
@@ -355,7 +355,7 @@ def test_zsh_completes(zsh_fpath: Path, repo: Path, hermetic: dict[str, str]) ->
     z = Zsh(zsh_fpath, repo, hermetic)
     try:
         assert z.complete("git-ksplice cr") == "git-ksplice create"
-        assert z.complete("git-ksplice create --bu") == "git-ksplice create --build-modules"
+        assert z.complete("git-ksplice create --build-modu") == "git-ksplice create --build-modules"
         assert z.complete("git-ksplice create fi") == "git-ksplice create fixes-1"
         assert z.complete("git-ksplice create --git=fi") == "git-ksplice create --git=fixes-1"
         assert z.complete("git-ksplice try --check f") == "git-ksplice try --check fix.patch"
