@@ -128,22 +128,24 @@ def affected_objects(graph: IncludeGraph, change: ChangeSet) -> Affected:
     if header is not None:
         found.add((o for o in all_targets if o not in sources), header)
     for path in paths:
-        _select(path, change, sources, found, all_targets)
+        _select(path, found, all_targets)
     if found.full_build is not None:
         found.objects.clear()
     return found
 
 
-def _select(path: str, change: ChangeSet, sources: dict[str, str], found: Affected,
-            all_targets: dict[str, str]) -> None:
-    """What one changed path selects beyond what includes it."""
-    name = os.path.basename(path)
-    if any(fnmatch.fnmatchcase(name, m) for m in _MAKEFILES):
+def is_makefile(path: str) -> bool:
+    """A directory's kbuild rules (`Makefile`, `Kbuild`, `Makefile.*`)."""
+    return any(fnmatch.fnmatchcase(os.path.basename(path), m) for m in _MAKEFILES)
+
+
+def _select(path: str, found: Affected, all_targets: dict[str, str]) -> None:
+    """What one changed path selects beyond what includes it (a unit's own source is in its
+    include closure: the graph selected it already), or why nothing reads it."""
+    if is_makefile(path):
         directory = os.path.dirname(path)
         found.add((o for o in all_targets if _under(o, directory)), path)
         return
-    if path.endswith(_SOURCES):
-        found.add((o for o, s in sources.items() if s == path), path)
     if path in found.objects.values():
         return
     if _inert(path):

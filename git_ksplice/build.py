@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from git_ksplice.faults import checkpoint
-from git_ksplice.files import replace_file
+from git_ksplice.files import replace_file, same_contents
 from git_ksplice.origconfig import OrigConfig
 from git_ksplice.repo import Repo
 from git_ksplice.worktree import BuildSettings, WorkTree
@@ -67,14 +67,9 @@ class PatchedBuild:
 class BuildTree(WorkTree):
     """The full tree: our build worktree, built whole at pre, and its pristine cache."""
 
-    #: seconds per step of the last ensure_pristine that built: checkout (and repairs),
-    #: make, cache
-    timings: dict[str, float]
-
     def __init__(self, repo: Repo, root: Path) -> None:
         """`root`: the build directory (settings.build_dir)."""
         super().__init__(repo, root)
-        self.timings = {}
         self.cache = self.root / "pristine"
         self.manifest_file = self.root / "manifest.json"
 
@@ -119,10 +114,6 @@ class BuildTree(WorkTree):
         with open(log, "a") as f:
             f.write("# git-ksplice: " + self.describe_timings() + "\n")
         return True
-
-    def describe_timings(self) -> str:
-        """Where the last pristine build's time went: `checkout 7.1s, make 190.2s, ...`."""
-        return ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
 
     def _cache_complete(self, manifest: Manifest) -> bool:
         return all(os.path.lexists(self.cache / rel) for rel in manifest.files)
@@ -184,7 +175,7 @@ class BuildTree(WorkTree):
             if not rel.endswith(".o") or _NOT_UNITS.search(rel) or rel not in members:
                 continue
             cached = self.cache / rel
-            if not cached.exists() or not _same_file(cached, self.path / rel):
+            if not cached.exists() or not same_contents(cached, self.path / rel):
                 changed.append(rel)
         return PatchedBuild(rebuilt, changed, compiled, log)
 
@@ -236,16 +227,3 @@ class BuildTree(WorkTree):
 
     def pristine_file(self, rel: str) -> Path:
         return self.cache / rel
-
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    if a.stat().st_size != b.stat().st_size:
-        return False
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            x, y = fa.read(1 << 20), fb.read(1 << 20)
-            if x != y:
-                return False
-            if not x:
-                return True

@@ -28,7 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from git_ksplice import __version__, inputs, ledger
-from git_ksplice.affected import Affected, ChangeSet, affected_objects, needs_full_build
+from git_ksplice.affected import (
+    Affected,
+    ChangeSet,
+    affected_objects,
+    is_makefile,
+    needs_full_build,
+)
 from git_ksplice.build import BuildSettings, BuildTree, PatchedBuild
 from git_ksplice.elf.diff import Options, diff_objects
 from git_ksplice.elf.model import empty_object, read_object
@@ -170,7 +176,9 @@ class _Run:
         self.tmp_ref: str | None = None
         self.build: BuildSettings | None = None
         self.targeted = False
-        #: what post's configuration builds (targeted mode; pre's unless a Makefile changed)
+        #: what pre's and post's configurations build (targeted mode; the same unless a
+        #: Makefile changed)
+        self.pre_config: Configuration | None = None
         self.post_config: Configuration | None = None
         #: changed sources this configuration does not build (targeted mode)
         self.not_built: list[str] = []
@@ -482,9 +490,9 @@ class _Run:
         self.say.start("finding the objects the change can affect")
         changed = {p: self.repo.read_blob(post, p)
                    for p in self.repo.changed_paths(self.pre, post, ())}
-        pre_config = self.prepared.configuration()
+        self.pre_config = pre_config = self.prepared.configuration()
         self.post_config = pre_config
-        if any(_is_makefile(p) for p in changed) and needs_full_build(changed) is None:
+        if any(is_makefile(p) for p in changed) and needs_full_build(changed) is None:
             self.post_config = self.prepared.configuration_at(post)
         graph = IncludeGraph(self.prepared.path, overlay=changed)
         found = affected_objects(graph, ChangeSet(changed, pre_config.targets,
@@ -511,8 +519,8 @@ class _Run:
     def _targeted_build_and_compare(self, found: Affected) -> tuple[
             list[ChangedObject], list[str], dict[str, bytes]]:
         assert self.change is not None and self.build is not None
-        pre_targets = self.prepared.configuration().targets
-        post_targets = self.post_config.targets
+        assert self.pre_config is not None and self.post_config is not None
+        pre_targets, post_targets = self.pre_config.targets, self.post_config.targets
         extra = self._extra_objects(pre_targets, [])
         at_pre = sorted({o for o in found.objects if o in pre_targets} | set(extra))
         missing = [o for o in at_pre if self.prepared.pre_object(o) is None]
@@ -665,11 +673,6 @@ class _Run:
 def _is_kbuild(repo: Repo, commit: str) -> bool:
     """A Linux tree at `commit` (kbuild's modpost rules are there)."""
     return repo.read_blob(commit, "scripts/Makefile.modpost") is not None
-
-
-def _is_makefile(path: str) -> bool:
-    name = os.path.basename(path)
-    return name in ("Makefile", "Kbuild") or name.startswith("Makefile.")
 
 
 def _target_pattern(pattern: str) -> str:

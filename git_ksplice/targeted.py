@@ -32,7 +32,7 @@ from pathlib import Path
 
 from git_ksplice.errors import BuildError
 from git_ksplice.faults import checkpoint
-from git_ksplice.files import replace_file
+from git_ksplice.files import replace_file, same_contents
 from git_ksplice.kbuild import cmd_file, make_environment, recorded_dependencies
 from git_ksplice.kbuild_objects import Configuration, read_configuration
 from git_ksplice.origconfig import OrigConfig
@@ -63,8 +63,6 @@ class PreparedTree(WorkTree):
         self.objects = self.root / "objects"  # pre objects and their .cmd records
         self.targets_file = self.root / "targets.json"
         self.modules = self.root / "modules"  # pre images of module targets (symbols)
-        #: seconds per step of the last ensure_prepared that prepared
-        self.timings: dict[str, float] = {}
 
     def forget_products(self) -> None:
         for d in (self.objects, self.modules):
@@ -81,9 +79,10 @@ class PreparedTree(WorkTree):
         started = time.monotonic()
         self.timings = {}
         st = self.repair(pre, orig, settings.reporter.note)
+        prepare = settings.with_targets(list(PREPARE_TARGETS))
         # -jN and V=1 do not change what is made
         wanted = {"pre": pre, "config": orig.fingerprint(),
-                  "command": [a for a in _prepare(settings).command()[2:] if a != "V=1"]}
+                  "command": [a for a in prepare.command()[2:] if a != "V=1"]}
         ready = st.get("phase") == "prepared" and self.targets_file.exists()
         if ready and ({k: st.get(k) for k in wanted} == wanted
                       or (not rebuild and st.get("pre") == pre)):
@@ -97,7 +96,7 @@ class PreparedTree(WorkTree):
         checkpoint("prebuild-started")
         made = time.monotonic()
         self.timings["checkout"] = made - started
-        self._make(_prepare(settings), log)
+        self._make(prepare, log)
         read = time.monotonic()
         self.timings["make prepare"] = read - made
         self._save_configuration(read_configuration(self.path))
@@ -105,9 +104,6 @@ class PreparedTree(WorkTree):
         self.timings["reading the Makefiles"] = time.monotonic() - read
         self._set_state(phase="prepared", **wanted)
         return True
-
-    def describe_timings(self) -> str:
-        return ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
 
     def configuration(self) -> Configuration:
         """What pre's configuration builds (read when the tree was prepared)."""
@@ -175,7 +171,7 @@ class PreparedTree(WorkTree):
         missing = [o for o in objects if not (self.objects / o).exists()]
         if not missing:
             return 0
-        compiled = self._make(_objects(settings, missing), log, append=True)
+        compiled = self._make(settings.with_targets(sorted(missing)), log, append=True)
         for obj in missing:
             for rel in (cmd_file(obj), obj):  # the object last: it is what marks it kept
                 if (self.path / rel).exists():
@@ -198,11 +194,12 @@ class PreparedTree(WorkTree):
         self._install_config()
         checkpoint("patched-checkout")
         before = {o: _stamp(self.path / o) for o in objects}
-        compiled = self._make(_objects(settings, objects), log, append=True) if objects else 0
+        compiled = (self._make(settings.with_targets(sorted(objects)), log, append=True)
+                    if objects else 0)
         checkpoint("patched-built")
         rebuilt = [o for o in objects if _stamp(self.path / o) != before[o]]
-        changed = [o for o in rebuilt if (self.path / o).exists() and not _same(
-            self.pre_object(o), self.path / o)]
+        changed = [o for o in rebuilt if (self.path / o).exists() and not (
+            (kept := self.pre_object(o)) is not None and same_contents(kept, self.path / o))]
         return TargetedBuild(rebuilt, changed, compiled, log)
 
     def revert(self, pre: str) -> None:
@@ -251,16 +248,6 @@ class PreparedTree(WorkTree):
         return image
 
 
-def _prepare(settings: BuildSettings) -> BuildSettings:
-    return BuildSettings(settings.jobs, settings.make_args, settings.verbose,
-                         settings.reporter, list(PREPARE_TARGETS))
-
-
-def _objects(settings: BuildSettings, objects: list[str]) -> BuildSettings:
-    return BuildSettings(settings.jobs, settings.make_args, settings.verbose,
-                         settings.reporter, sorted(objects))
-
-
 def _keep(src: Path, dst: Path) -> None:
     """Copy a build product into the cache whole: a run killed mid-copy leaves no
     truncated file there to be trusted later."""
@@ -276,7 +263,3 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return st.st_size, st.st_mtime_ns
-
-
-def _same(a: Path | None, b: Path) -> bool:
-    return a is not None and a.read_bytes() == b.read_bytes()
