@@ -116,11 +116,13 @@ def affected_objects(graph: IncludeGraph, change: ChangeSet) -> Affected:
     sources = {o: s for o in all_targets if (s := graph.unit_source(o)) is not None}
     for obj, cause in sorted(graph.affected(paths, sources).items()):
         found.add([obj], cause)
+    selecting = set(graph.selecting)
     for obj, deps in sorted(change.recorded.items()):
-        recorded = set(deps)
-        hit = next((p for p in paths if p in recorded), None)
-        if hit is not None:
-            found.objects.setdefault(obj, hit)
+        read = set(deps)
+        hits = [p for p in paths if p in read]
+        if hits:
+            found.objects.setdefault(obj, hits[0])
+            selecting.update(hits)
     # Objects compiled from generated sources (defkeymap.c from its _shipped copy, the vDSO
     # image, capflags.c) have no source in a prepared tree to read includes from: any header
     # change selects them, a handful of objects.
@@ -128,7 +130,7 @@ def affected_objects(graph: IncludeGraph, change: ChangeSet) -> Affected:
     if header is not None:
         found.add((o for o in all_targets if o not in sources), header)
     for path in paths:
-        _select(path, found, all_targets)
+        _select(path, found, all_targets, selecting)
     if found.full_build is not None:
         found.objects.clear()
     return found
@@ -139,14 +141,16 @@ def is_makefile(path: str) -> bool:
     return any(fnmatch.fnmatchcase(os.path.basename(path), m) for m in _MAKEFILES)
 
 
-def _select(path: str, found: Affected, all_targets: dict[str, str]) -> None:
-    """What one changed path selects beyond what includes it (a unit's own source is in its
-    include closure: the graph selected it already), or why nothing reads it."""
+def _select(path: str, found: Affected, all_targets: dict[str, str],
+            selecting: set[str]) -> None:
+    """What one changed path selects beyond what includes it (`selecting`: the paths that
+    selected objects already, through the include graph or kbuild's records; a unit's own
+    source is in its include closure), or why nothing reads it."""
     if is_makefile(path):
         directory = os.path.dirname(path)
         found.add((o for o in all_targets if _under(o, directory)), path)
         return
-    if path in found.objects.values():
+    if path in selecting:
         return
     if _inert(path):
         found.inert.append(path)

@@ -41,7 +41,7 @@ from git_ksplice.elf.model import empty_object, read_object
 from git_ksplice.elf.writer import serialize
 from git_ksplice.errors import ConcurrencyError, InputError, NoChangeError, RefusedError
 from git_ksplice.faults import checkpoint
-from git_ksplice.includes import IncludeGraph
+from git_ksplice.includes import IncludeGraph, adds_files
 from git_ksplice.kbuild import (
     KSPLICE_KCFLAGS,
     build_external_module,
@@ -494,7 +494,9 @@ class _Run:
         self.post_config = pre_config
         if any(is_makefile(p) for p in changed) and needs_full_build(changed) is None:
             self.post_config = self.prepared.configuration_at(post)
-        graph = IncludeGraph(self.prepared.path, overlay=changed)
+        index = (None if adds_files(self.prepared.path, changed)
+                 else self.prepared.include_index())
+        graph = IncludeGraph(self.prepared.path, overlay=changed, index=index)
         found = affected_objects(graph, ChangeSet(changed, pre_config.targets,
                                                   self.post_config.targets,
                                                   self.prepared.recorded()))

@@ -33,6 +33,7 @@ from pathlib import Path
 from git_ksplice.errors import BuildError
 from git_ksplice.faults import checkpoint
 from git_ksplice.files import replace_file, same_contents
+from git_ksplice.includes import IncludeGraph, IncludeIndex, unit_sources
 from git_ksplice.kbuild import cmd_file, make_environment, recorded_dependencies
 from git_ksplice.kbuild_objects import Configuration, read_configuration
 from git_ksplice.origconfig import OrigConfig
@@ -62,12 +63,14 @@ class PreparedTree(WorkTree):
         super().__init__(repo, build_dir / "targeted")
         self.objects = self.root / "objects"  # pre objects and their .cmd records
         self.targets_file = self.root / "targets.json"
+        self.includes_file = self.root / "includes.json"  # pre's includes.IncludeIndex
         self.modules = self.root / "modules"  # pre images of module targets (symbols)
 
     def forget_products(self) -> None:
         for d in (self.objects, self.modules):
             shutil.rmtree(d, ignore_errors=True)
         self.targets_file.unlink(missing_ok=True)
+        self.includes_file.unlink(missing_ok=True)
 
     # -- the prepared tree ---------------------------------------------------------------
 
@@ -101,7 +104,10 @@ class PreparedTree(WorkTree):
         self.timings["make prepare"] = read - made
         self._save_configuration(read_configuration(self.path))
         self._install_symvers()
-        self.timings["reading the Makefiles"] = time.monotonic() - read
+        walk = time.monotonic()
+        self.timings["reading the Makefiles"] = walk - read
+        self.include_index()
+        self.timings["reading the includes"] = time.monotonic() - walk
         self._set_state(phase="prepared", **wanted)
         return True
 
@@ -114,6 +120,16 @@ class PreparedTree(WorkTree):
             found = read_configuration(self.path)
             self._save_configuration(found)
             return found
+
+    def include_index(self) -> IncludeIndex:
+        """pre's include graph, read once per prepared tree: every update from this pre
+        then reads only its own changed files (see includes.IncludeIndex)."""
+        index = IncludeIndex.load(self.includes_file)
+        if index is None:
+            units = unit_sources(self.path, self.configuration().targets).values()
+            index = IncludeGraph(self.path).index(units)
+            index.save(self.includes_file)
+        return index
 
     def configured_count(self) -> int:
         """How many objects pre's configuration builds, as last read (0: not read yet); a

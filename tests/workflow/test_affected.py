@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from git_ksplice.affected import ChangeSet, affected_objects
-from git_ksplice.includes import IncludeGraph
+from git_ksplice.includes import IncludeGraph, IncludeIndex, unit_sources
 
 FILES = {
     "include/linux/compiler_types.h": "#define __ksplice\n",
@@ -43,12 +43,18 @@ TARGETS = {"kernel/fork.o": "vmlinux", "kernel/sys.o": "vmlinux", "lib/sort.o": 
            "arch/x86/entry/entry_64.o": "vmlinux"}
 
 
-@pytest.fixture
-def tree(tmp_path: Path) -> Path:
+@pytest.fixture(params=["fresh", "indexed"])
+def tree(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    """The tree at pre; "indexed": with pre's include graph saved beside it, as a prepared
+    tree keeps it, so every selection below is also made from the index."""
+    tree = tmp_path / "tree"
     for rel, text in FILES.items():
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text(text)
-    return tmp_path
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_text(text)
+    if request.param == "indexed":
+        units = unit_sources(tree, TARGETS).values()
+        IncludeGraph(tree).index(units).save(tmp_path / "index.json")
+    return tree
 
 
 def _affected(tree: Path, changed: dict[str, bytes | None], *,
@@ -57,7 +63,7 @@ def _affected(tree: Path, changed: dict[str, bytes | None], *,
     """The selection for a change given as post contents (None: deleted), read from the tree
     at pre with the change overlaid, as the pipeline does."""
     full = {p: (tree / p).read_bytes() if data is ... else data for p, data in changed.items()}
-    graph = IncludeGraph(tree, overlay=full)
+    graph = IncludeGraph(tree, overlay=full, index=IncludeIndex.load(tree.parent / "index.json"))
     return affected_objects(graph, ChangeSet(full, TARGETS, post_targets or TARGETS,
                                              recorded or {}))
 
@@ -176,3 +182,35 @@ def test_a_source_that_is_not_an_object_in_a_building_directory_needs_the_full_b
 def test_an_include_directorys_kbuild_needs_the_full_build(tree: Path) -> None:
     found = _affected(tree, {"arch/x86/include/asm/Kbuild": b"generic-y += current.h\n"})
     assert found.full_build is not None and "asm/ wrappers" in found.full_build
+
+
+def test_a_header_added_in_front_of_one_an_unchanged_file_finds(tree: Path) -> None:
+    """The new file comes first on the search path for <linux/types.h>: every unit that
+    included the old one may read it now (so the index is not used for this change)."""
+    found = _affected(tree, {"arch/x86/include/linux/types.h": b"typedef long x;\n"})
+    assert set(found.objects) == {"kernel/fork.o", "kernel/sys.o", "arch/x86/entry/entry_64.o"}
+
+
+def test_a_changed_header_that_now_includes_another(tree: Path) -> None:
+    """demo.h's post lines include sys_extra.h: a unit reaching demo.h reaches it too, and
+    the index (pre's lines) must not hide that edge."""
+    found = _affected(tree, {"drivers/demo/demo.h": b'#include "../../kernel/sys_extra.h"\n',
+                             "kernel/sys_extra.h": b"int y;\n"})
+    assert set(found.objects) == {"drivers/demo/demo.o", "kernel/sys.o"}
+
+
+def test_the_index_is_read_back_whole_or_not_at_all(tmp_path: Path) -> None:
+    index = IncludeIndex({"a.h": {"b.c", "c.c"}, "b.c": set()}, {"a.h", "b.c", "c.c"})
+    index.save(tmp_path / "index.json")
+    assert IncludeIndex.load(tmp_path / "index.json") == index
+    (tmp_path / "index.json").write_text('{"files": ["a.h"], "walked": [3]')
+    assert IncludeIndex.load(tmp_path / "index.json") is None
+    assert IncludeIndex.load(tmp_path / "missing.json") is None
+
+
+def test_a_header_and_the_source_that_includes_it(tree: Path) -> None:
+    """Both select demo.o: neither is reported as something no unit reads."""
+    found = _affected(tree, {"drivers/demo/demo.c": b'#include "demo.h"\nint z;\n',
+                             "drivers/demo/demo.h": b"int y;\n"})
+    assert set(found.objects) == {"drivers/demo/demo.o"}
+    assert found.not_built == [] and found.full_build is None
