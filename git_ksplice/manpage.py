@@ -73,7 +73,8 @@ CONFIG_KEYS: dict[str, str] = {
     "ksplice.makeTargets":
         "The make targets of both builds, split as a shell splits words, instead of the "
         "default (for Linux `vmlinux modules` for the pristine build and only compiling for "
-        "the patched one; make's default target otherwise).",
+        "the patched one; make's default target otherwise). Set, it selects the full build "
+        "mode: the targeted mode compiles single objects with kbuild's own targets.",
     "ksplice.series":
         "Boolean: `create` stacks updates as with `--series` unless `--no-series` is given.",
     "ksplice.buildModules":

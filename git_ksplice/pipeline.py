@@ -182,6 +182,7 @@ class _Run:
         self.post_config: Configuration | None = None
         #: changed sources this configuration does not build (targeted mode)
         self.not_built: list[str] = []
+        self.inert: list[str] = []  # changed paths no build reads
         self.update = Update(self.id)  # filled as the phases go
 
     def run(self) -> Created | Prebuilt:
@@ -351,6 +352,11 @@ class _Run:
         self.build = BuildSettings(s.jobs, s.make_args, s.verbose, reporter=self.say,
                                    targets=targets, patched_targets=patched_targets)
         self.targeted = self._targeted_mode()
+        if (s.build_mode == "targeted" and s.make_targets is not None
+                and _is_kbuild(self.repo, self.pre)):
+            self.say.note("ksplice.makeTargets is set: building the whole tree with those "
+                          "targets (the targeted mode compiles single objects with kbuild's "
+                          "own; unset it to use that mode)")
         if self.targeted:
             self.tree = self.prepared
             self._require_symvers()
@@ -447,6 +453,12 @@ class _Run:
             if found is not None:
                 return self._targeted_build_and_compare(found)
             self.targeted = False
+            if self.request.skip_prebuild and self.full.state().get("pre") != self.pre:
+                raise InputError("--skip-prebuild: this change needs the full build, and "
+                                 "there is no full pristine build of refs/ksplice/pre "
+                                 f"({self.pre[:12]}) to use",
+                                 hint="run git ksplice create --prebuild --build-mode=full "
+                                      "first, or drop --skip-prebuild")
             self._full_pristine_build()
         return self._full_build_and_compare()
 
@@ -514,8 +526,12 @@ class _Run:
             return None
         for path in found.not_built:
             self.say.note(f"{path}: not built by this configuration")
+        if found.inert:
+            shown = ", ".join(found.inert[:5]) + (", ..." if len(found.inert) > 5 else "")
+            self.say.note(f"no build reads {count(len(found.inert), 'changed path')}: "
+                          f"{shown}")
         self.say.done(f"{count(len(found.objects), 'object')} of {total}")
-        self.not_built = found.not_built
+        self.not_built, self.inert = found.not_built, found.inert
         return found
 
     def _targeted_build_and_compare(self, found: Affected) -> tuple[
@@ -578,7 +594,8 @@ class _Run:
         changed = [r for r in results if r.result.result == "changed"]
         if not changed:
             raise NoChangeError("No changes detected.",
-                                hint=_no_change_hint(patched, self.change, self.not_built))
+                                hint=_no_change_hint(patched, self.change, self.not_built,
+                                                     self.inert))
         return changed
 
     def _extra_objects(self, targets: dict[str, str], changed: list[str]) -> list[str]:
@@ -682,15 +699,17 @@ def _target_pattern(pattern: str) -> str:
 
 
 def _no_change_hint(build: PatchedBuild | TargetedBuild, change: inputs.Change,
-                    not_built: list[str]) -> str:
+                    not_built: list[str], inert: list[str]) -> str:
     """What the build did, and (the likely reasons) files this configuration does not
-    build, new files nothing built."""
+    build, files no build reads, new files nothing built."""
     rebuilt, differ = len(build.rebuilt), len(build.changed_objects)
     hint = (f"{count(rebuilt, 'build product')} {'was' if rebuilt == 1 else 'were'} "
             f"rebuilt, {count(differ, 'object')} {'differs' if differ == 1 else 'differ'}, "
             "and no function changed")
     if not_built:
         hint += f"; not built by this configuration: {', '.join(not_built)}"
+    if inert:
+        hint += f"; read by no build: {', '.join(inert[:5])}{', ...' if len(inert) > 5 else ''}"
     if change.added:
         hint += (f"; the change adds {', '.join(change.added)}: a new file is built only "
                  "if a Makefile names it")

@@ -14,7 +14,10 @@ objects the change can affect; they are compiled at pre (each kept in `objects/`
 `.cmd` record, reused by every later update from the same pre) and at post, and the pairs
 go to the differ. Afterwards the tree is reverted: pre checked out again and every object
 the post build wrote replaced by its pre copy (or removed), so the next build sees the
-tree as kbuild left it at pre.
+tree as kbuild left it at pre. `make X.o` at post also runs kbuild's prepare steps, which
+regenerate what post's sources change (asm-offsets.h from a structure's header, the release
+string from git's state, auto.conf): those generated files are copied aside before post is
+checked out and put back by the revert, so no later pre object is compiled against post's.
 
 The state file says `patched`, with the objects the post build may write, before the
 checkout of post: a run killed at any point is reverted by the next.
@@ -43,6 +46,13 @@ from git_ksplice.worktree import BuildSettings, WorkTree
 #: What `prepare` makes: everything a single object's compilation and an external module's
 #: build need, and nothing of the kernel itself.
 PREPARE_TARGETS = ("modules_prepare",)
+#: What kbuild's prepare steps write that a post build may rewrite: copied aside before
+#: the post checkout, put back by the revert (directories whole, files with their records).
+GENERATED = ("include/generated", "arch/x86/include/generated", "include/config",
+             "arch/x86/kernel/asm-offsets.s", "arch/x86/kernel/.asm-offsets.s.cmd",
+             "kernel/bounds.s", "kernel/.bounds.s.cmd",
+             "scripts/mod/devicetable-offsets.s", "scripts/mod/.devicetable-offsets.s.cmd",
+             "scripts/mod/devicetable-offsets.h")
 
 
 @dataclass
@@ -60,11 +70,12 @@ class PreparedTree(WorkTree):
     """The targeted mode's tree: prepared at pre, with a cache of pre objects."""
 
     def __init__(self, repo: Repo, build_dir: Path) -> None:
-        super().__init__(repo, build_dir / "targeted")
+        super().__init__(repo, build_dir / "targeted", build_dir)
         self.objects = self.root / "objects"  # pre objects and their .cmd records
         self.targets_file = self.root / "targets.json"
         self.includes_file = self.root / "includes.json"  # pre's includes.IncludeIndex
         self.modules = self.root / "modules"  # pre images of module targets (symbols)
+        self.generated = self.root / "generated"  # pre's GENERATED while post is built
 
     def forget_products(self) -> None:
         for d in (self.objects, self.modules):
@@ -204,6 +215,7 @@ class PreparedTree(WorkTree):
     def build_patched(self, pre: str, post: str, objects: list[str],
                       settings: BuildSettings, log: Path) -> TargetedBuild:
         """Compile `objects` at post (the tree is reverted by `revert`, by the caller)."""
+        _save_generated(self.path, self.generated)
         self._set_state(**{**self.state(), "phase": "patched", "post": post,
                            "written": objects})
         self.repo.checkout(self.path, post)
@@ -234,6 +246,7 @@ class PreparedTree(WorkTree):
                     shutil.copy2(self.objects / rel, target)
                     # Newer than the sources checked out again: kbuild keeps it.
                     os.utime(target, ns=(stamp, stamp))
+        _restore_generated(self.path, self.generated)
         for key in ("post", "written", "make_pgid"):
             st.pop(key, None)
         phase = "prepared" if st.get("phase") == "patched" else st.get("phase", "stale")
@@ -271,6 +284,59 @@ def _keep(src: Path, dst: Path) -> None:
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.copy2(src, tmp)
     os.replace(tmp, dst)
+
+
+def _save_generated(tree: Path, saved: Path) -> None:
+    """Copy GENERATED aside (with their mtimes), whole before it counts: `saved` appears by
+    a rename once every file is there."""
+    copying = saved.with_name(saved.name + ".tmp")
+    shutil.rmtree(copying, ignore_errors=True)
+    shutil.rmtree(saved, ignore_errors=True)
+    copying.mkdir(parents=True)
+    for rel in GENERATED:
+        src = tree / rel
+        if src.is_dir():
+            shutil.copytree(src, copying / rel, symlinks=True)
+        elif src.exists():
+            (copying / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, copying / rel, follow_symlinks=False)
+    os.replace(copying, saved)
+
+
+def _restore_generated(tree: Path, saved: Path) -> None:
+    """Put GENERATED back as `_save_generated` found it: each file that differs copied
+    back, each one the post build added removed. Nothing saved: nothing to do."""
+    if not saved.is_dir():
+        return
+    for rel in GENERATED:
+        kept, there = saved / rel, tree / rel
+        if kept.is_dir() or there.is_dir():
+            for path in _files_under(there) - _files_under(kept):
+                (there / path).unlink()
+            for path in _files_under(kept):
+                _put_back(kept / path, there / path)
+        elif kept.exists():
+            _put_back(kept, there)
+        elif there.exists():
+            there.unlink()
+    shutil.rmtree(saved)
+
+
+def _files_under(directory: Path) -> set[str]:
+    if not directory.is_dir():
+        return set()
+    return {os.path.relpath(os.path.join(d, f), directory)
+            for d, _, files in os.walk(directory) for f in files}
+
+
+def _put_back(kept: Path, there: Path) -> None:
+    """`there` as `kept` is, mtime included: a newer one, even of the same bytes, would
+    have make rebuild what depends on it."""
+    if _stamp(there) == _stamp(kept):
+        return
+    there.parent.mkdir(parents=True, exist_ok=True)
+    there.unlink(missing_ok=True)
+    shutil.copy2(kept, there, follow_symlinks=False)
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

@@ -73,10 +73,13 @@ class BuildSettings:
 class WorkTree:
     """A worktree of ours under `root`, with its state file and its owner."""
 
-    def __init__(self, repo: Repo, root: Path) -> None:
+    def __init__(self, repo: Repo, root: Path, build_dir: Path | None = None) -> None:
+        """`root`: this tree's directory; `build_dir`: the build directory it is in (the
+        one a repository claims), when that is not `root` itself."""
         self.repo = repo
         self.orig: OrigConfig | None = None
         self.root = root
+        self.build_dir = build_dir or root
         self.path = self.root / "tree"
         self.state_file = self.root / "state.json"
         #: seconds per step of the last time the tree was made (checkout and repairs,
@@ -141,7 +144,8 @@ class WorkTree:
 
     @property
     def owner_file(self) -> Path:
-        return self.root / "owner"
+        # One owner per build directory, whichever mode's tree claims it.
+        return self.build_dir / "owner"
 
     def claim(self, say) -> None:  # type: ignore[no-untyped-def]
         """The build directory belongs to one repository: the lock is per repository, so a
@@ -150,20 +154,20 @@ class WorkTree:
         is taken over. The claim is made under a lock of the directory itself, which every
         repository given it takes: two first runs cannot both get it."""
         ours = str(self.repo.common_dir.resolve())
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / "claim.lock", "a") as lock:
+        self.build_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.build_dir / "claim.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             owner = self._owner()
             if owner is not None and owner != ours and (Path(owner) / "HEAD").exists():
-                raise InputError(f"the build directory {self.root} belongs to the repository "
-                                 f"{owner}, not to this one ({ours})",
+                raise InputError(f"the build directory {self.build_dir} belongs to the "
+                                 f"repository {owner}, not to this one ({ours})",
                                  hint="give each repository its own: git config "
                                       "ksplice.buildDir DIR (a build directory holds one "
                                       "kernel tree, and a run would remove the other "
                                       "repository's)")
             if owner is not None and owner != ours:
-                say(f"the build directory {self.root} belonged to {owner}, which is gone: "
-                    "taking it over")
+                say(f"the build directory {self.build_dir} belonged to {owner}, which is "
+                    "gone: taking it over")
             if owner != ours or not self.owner_file.exists():
                 replace_file(self.owner_file, ours + "\n")
 

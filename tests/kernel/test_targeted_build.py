@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from git_ksplice.package import read_tarball
-from tests.kernel.conftest import KernelRepo
+from tests.kernel.conftest import JOBS, KernelRepo
 from tests.kernel.test_kernel_updates import MEMINFO, _manifest
 
 pytestmark = pytest.mark.kernel
@@ -123,3 +123,32 @@ def test_a_run_killed_mid_build_is_repaired(kernel_repo: KernelRepo) -> None:
     kept = k.path / ".git/ksplice/build/targeted/objects/fs/proc/meminfo.o"
     assert (tree / "fs/proc/meminfo.o").read_bytes() == kept.read_bytes()
     assert os.path.getsize(kept) > 0
+
+
+def test_a_change_no_build_reads_names_its_paths(kernel_repo: KernelRepo) -> None:
+    k = kernel_repo
+    k.commit_patch("docs", {"Documentation/filesystems/proc.rst": [
+        ("The /proc File System", "The /proc File System (patched)")]})
+    _, tarball, r = k.create("docs", expect=66)
+    assert "no build reads 1 changed path: Documentation/filesystems/proc.rst" in r.stderr, \
+        r.stderr
+    assert "read by no build: Documentation/filesystems/proc.rst" in r.stderr, r.stderr
+    assert not tarball.exists()
+
+
+def test_skip_prebuild_refuses_a_fallback_with_no_full_build(kernel_repo: KernelRepo,
+                                                             tmp_path) -> None:
+    """In a build directory with only the prepared tree, a change only the full build can
+    follow is refused under --skip-prebuild, not built whole behind the user's back."""
+    k = kernel_repo
+    k.git("config", "ksplice.buildDir", str(tmp_path / "builds"))
+    try:
+        k.ksplice("create", "-j", JOBS, "--prebuild")
+        assert not (tmp_path / "builds/tree").exists()
+        k.commit_patch("skip-kconfig", dict([MEMINFO, ("init/Kconfig", [
+            ("Kernel .config support", "Kernel .config support (patched)")])]))
+        _, tarball, r = k.create("skip_kconfig", "--skip-prebuild", expect=1)
+        assert "--skip-prebuild: this change needs the full build" in r.stderr, r.stderr
+        assert "--build-mode=full" in r.stderr and not tarball.exists()
+    finally:
+        k.git("config", "--unset", "ksplice.buildDir")

@@ -315,6 +315,27 @@ def test_a_shared_build_directory_belongs_to_its_first_repository(new_kernel,
     assert f"belonged to {owner}, which is gone: taking it over" in r.stderr, r.stderr
 
 
+def test_one_owner_per_build_directory_whichever_mode_claims_it(tmp_path: Path) -> None:
+    """The targeted tree lives in <build dir>/targeted and the full tree in <build dir>:
+    a repository claiming the directory in one mode keeps it from another in the other."""
+    from git_ksplice.build import BuildTree
+    from git_ksplice.errors import InputError
+    from git_ksplice.repo import Repo
+    from git_ksplice.targeted import PreparedTree
+
+    repos = []
+    for name in ("a", "b"):
+        subprocess.run(["git", "init", "-q", str(tmp_path / name)], check=True)
+        repos.append(Repo.discover(str(tmp_path / name)))
+    shared = tmp_path / "shared-builds"
+    PreparedTree(repos[0], shared).claim(print)
+    with pytest.raises(InputError, match="belongs to the repository"):
+        BuildTree(repos[1], shared).claim(print)
+    with pytest.raises(InputError, match="belongs to the repository"):
+        PreparedTree(repos[1], shared).claim(print)
+    BuildTree(repos[0], shared).claim(print)  # its own, in the other mode
+
+
 # -- ORIG_CONFIG ---------------------------------------------------------------------------
 
 
