@@ -103,9 +103,12 @@ class BuildTree(WorkTree):
             self._install_config()
         self._set_state(phase="building-pristine", **wanted)
         checkpoint("prebuild-started")
+        checked = time.monotonic()
+        self.timings["checkout"] = checked - started
+        self.check_configuration(settings, log)
         made = time.monotonic()
-        self.timings["checkout"] = made - started
-        self._make(settings, log)
+        self.timings["olddefconfig"] = made - checked
+        self._make(settings, log, append=True)
         cached = time.monotonic()
         self.timings["make"] = cached - made
         self._snapshot()

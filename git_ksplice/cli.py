@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import platform
 import sys
+from pathlib import Path
 
 import click
 
@@ -288,6 +289,28 @@ def hook_cancel_cmd(ids: tuple[str, ...], as_json: bool) -> None:
     from git_ksplice.repo import Repo
 
     sys.exit(cancel(Repo.discover(), list(ids), as_json))
+
+
+@cli.command("import-kernel")
+@click.argument("release", required=False)
+@click.argument("directory", required=False, metavar="[DIR]")
+@click.option("--root", default="/", show_default=True, metavar="ROOT",
+              help="Where the kernel is installed, or where its packages were unpacked "
+                   "(dpkg-deb -x PACKAGE ROOT).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def import_kernel_cmd(release: str | None, directory: str | None, root: str,
+                      as_json: bool) -> None:
+    """Fill ORIG_CONFIG (DIR; default: the repository's) from a distribution's kernel.
+
+    RELEASE defaults to the running kernel's (uname -r) for ROOT /, else to the one kernel
+    under ROOT. A single argument that contains a slash or names a directory is DIR.
+    """
+    from git_ksplice.commands.import_kernel import run
+
+    if directory is None and release is not None and ("/" in release
+                                                      or Path(release).is_dir()):
+        release, directory = None, release
+    sys.exit(run(root, release, directory, as_json))
 
 
 @cli.command("completion")

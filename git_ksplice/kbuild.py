@@ -74,7 +74,12 @@ def build_external_module(tree: Path, directory: Path, make_args: list[str], job
 
 
 def kernel_release(tree: Path, make_args: list[str]) -> str:
-    """`make kernelrelease` of the tree, or `unknown`."""
+    """The release the build gives its modules: a `KERNELRELEASE=` given to make (kbuild's
+    `kernelrelease` target ignores it), else `make kernelrelease` of the tree, or
+    `unknown`."""
+    given = [a.split("=", 1)[1] for a in make_args if a.startswith("KERNELRELEASE=")]
+    if given:
+        return given[-1]
     r = subprocess.run(["make", "-s", *make_args, "kernelrelease"], cwd=tree,
                        capture_output=True, text=True, env=make_environment())
     lines = r.stdout.strip().splitlines()

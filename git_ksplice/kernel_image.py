@@ -102,10 +102,13 @@ def _decompress(payload: bytes, where: str) -> bytes:
 
 
 def banner(image: bytes) -> Banner | None:
-    """The `Linux version ...` string the image holds, or None."""
-    m = _BANNER.search(image)
-    if m is None:
+    """The `Linux version ...` string the image holds, or None. Since 6.1 an image holds two:
+    init/version.o's, built before the build number is known (`# SMP ...`), and the one
+    linked last, init/version-timestamp.o's (`#1 SMP ...`), which the kernel prints."""
+    matches = list(_BANNER.finditer(image))
+    if not matches:
         return None
+    m = next((m for m in matches if re.search(rb"\) #\d", m.group(0))), matches[0])
     text = m.group(0).decode("utf-8", "replace")
     compiler = m.group(2).decode("utf-8", "replace")
     # "gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0, GNU ld (GNU Binutils for Debian) 2.40"

@@ -10,12 +10,17 @@ no git: the engine side may use it.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from git_ksplice.errors import InputError
+
+#: What `git ksplice import-kernel` records about the kernel it read (git_ksplice.
+#: installed_kernel): release, banner, compiler, vermagic, where each part came from.
+KERNEL_JSON = "kernel.json"
 
 
 def shell_words(text: str, where: str) -> list[str]:
@@ -99,6 +104,26 @@ class OrigConfig:
         """The running kernel's unstripped image, when ORIG_CONFIG has it."""
         p = self.path / "vmlinux"
         return p if p.exists() else None
+
+    @property
+    def vmlinuz(self) -> Path | None:
+        """The running kernel's boot image (import-kernel copies it), when there."""
+        p = self.path / "vmlinuz"
+        return p if p.is_file() else None
+
+    @property
+    def modules(self) -> Path | None:
+        """The running kernel's shipped modules (`lib/modules/RELEASE/`), when imported."""
+        p = self.path / "modules"
+        return p if p.is_dir() else None
+
+    def imported(self) -> dict | None:
+        """What import-kernel recorded (kernel.json), or None: no import, or a broken one."""
+        try:
+            info = json.loads((self.path / KERNEL_JSON).read_text())
+        except (OSError, ValueError):
+            return None
+        return info if isinstance(info, dict) else None
 
     @property
     def module_symvers(self) -> Path:

@@ -73,6 +73,7 @@ from git_ksplice.progress import Reporter
 from git_ksplice.repo import REF_PRE, REF_TMP, REF_UPDATES, Repo
 from git_ksplice.settings import Settings
 from git_ksplice.targeted import PreparedTree, TargetedBuild
+from git_ksplice.toolchain import check_compiler, pinned_make_args, running_kernel
 from git_ksplice.words import count
 
 #: Above this share of the configuration's objects, compiling the affected ones twice costs
@@ -349,7 +350,7 @@ class _Run:
         """The pristine tree at pre: prepared (targeted mode) or built whole (full)."""
         s = self.settings
         targets, patched_targets = self._make_targets()
-        self.build = BuildSettings(s.jobs, s.make_args, s.verbose, reporter=self.say,
+        self.build = BuildSettings(s.jobs, self._make_args(), s.verbose, reporter=self.say,
                                    targets=targets, patched_targets=patched_targets)
         self.targeted = self._targeted_mode()
         if (s.build_mode == "targeted" and s.make_targets is not None
@@ -372,6 +373,14 @@ class _Run:
             self._prepare()
         else:
             self._full_pristine_build()
+
+    def _make_args(self) -> list[str]:
+        """The user's make arguments with the running kernel's release and compiler pinned
+        (see git_ksplice.toolchain), the compiler checked."""
+        running = running_kernel(self.settings.orig)
+        args = pinned_make_args(running, self.settings.make_args)
+        check_compiler(running, args)
+        return args
 
     def _targeted_mode(self) -> bool:
         """The targeted mode is kbuild's: a Linux tree, built with its own targets."""

@@ -108,9 +108,12 @@ class PreparedTree(WorkTree):
         self.forget_products()
         self._set_state(phase="preparing", **wanted)
         checkpoint("prebuild-started")
+        checked = time.monotonic()
+        self.timings["checkout"] = checked - started
+        self.check_configuration(settings, log)
         made = time.monotonic()
-        self.timings["checkout"] = made - started
-        self._make(prepare, log)
+        self.timings["olddefconfig"] = made - checked
+        self._make(prepare, log, append=True)
         read = time.monotonic()
         self.timings["make prepare"] = read - made
         self._save_configuration(read_configuration(self.path))

@@ -28,10 +28,11 @@ from pathlib import Path
 
 from git_ksplice.errors import BuildError, InputError
 from git_ksplice.files import replace_file
-from git_ksplice.kbuild import make_environment, with_ksplice_kcflags
+from git_ksplice.kbuild import is_linux_tree, make_environment, with_ksplice_kcflags
 from git_ksplice.origconfig import OrigConfig
 from git_ksplice.progress import Reporter, Silent
 from git_ksplice.repo import Repo
+from git_ksplice.toolchain import config_drift, refuse_drift
 
 _PROGRESS = re.compile(r"^\s+(CC|AS|CC \[M\]|AS \[M\])\s+(\S+)")
 _ERROR_LINE = re.compile(r"(error|Error \d+|undefined reference|fatal)", re.I)
@@ -204,6 +205,20 @@ class WorkTree:
         if not same:
             dst.unlink(missing_ok=True)
             shutil.copy2(src, dst)
+
+    def check_configuration(self, settings: BuildSettings, log: Path) -> None:
+        """`make olddefconfig` of the running kernel's .config, into a scratch copy, must
+        change nothing (git_ksplice.toolchain): run before the tree is made, it starts the
+        build's log. Only Linux has Kconfig's targets."""
+        assert self.orig is not None
+        if not is_linux_tree(self.path):
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text("")
+            return
+        synced = self.root / "olddefconfig.config"
+        shutil.copy2(self.orig.dot_config, synced)
+        self._make(settings.with_targets([f"KCONFIG_CONFIG={synced}", "olddefconfig"]), log)
+        refuse_drift(config_drift(self.orig.dot_config, synced))
 
     def _stop_orphaned_make(self, st: dict, say) -> None:
         """A run killed with -9 leaves its make running in the tree: stop it first."""

@@ -75,6 +75,10 @@ PACKAGES: tuple[Package, ...] = (
     Package("bison", _commands("bison"), "the real-kernel tier (kbuild)"),
     Package("bc", _commands("bc"), "the real-kernel tier (kbuild)"),
     Package("libelf-dev", _file("/usr/include/gelf.h"), "the real-kernel tier (objtool)"),
+    Package("libssl-dev", _file("/usr/include/openssl/evp.h"),
+            "the Debian tier (its configuration builds scripts/sign-file and certs)"),
+    Package("dwarves", _commands("pahole"),
+            "the Debian tier (its configuration's BTF options need pahole)"),
 )
 
 _BY_NAME = {p.name: p for p in PACKAGES}

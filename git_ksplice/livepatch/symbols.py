@@ -244,8 +244,12 @@ def module_symbols(name: str, ko: Path) -> ObjectSymbols:
 
 
 def running_vermagic(orig: OrigConfig) -> str | None:
-    """The running kernel's vermagic, read from ORIG_CONFIG's vmlinux (the `vermagic`
-    string the module loader compares against); None when there is no vmlinux."""
+    """The running kernel's vermagic (the string the module loader compares against): what
+    import-kernel read from a shipped module, else ORIG_CONFIG's vmlinux's `vermagic`;
+    None when neither is there."""
+    recorded = (orig.imported() or {}).get("vermagic")
+    if isinstance(recorded, str) and recorded:
+        return recorded
     vmlinux = orig.vmlinux
     if vmlinux is None:
         return None

@@ -128,7 +128,7 @@ def test_a_run_killed_mid_build_is_repaired(kernel_repo: KernelRepo) -> None:
 def test_a_change_no_build_reads_names_its_paths(kernel_repo: KernelRepo) -> None:
     k = kernel_repo
     k.commit_patch("docs", {"Documentation/filesystems/proc.rst": [
-        ("The /proc File System", "The /proc File System (patched)")]})
+        ("The /proc Filesystem", "The /proc Filesystem (patched)")]})
     _, tarball, r = k.create("docs", expect=66)
     assert "no build reads 1 changed path: Documentation/filesystems/proc.rst" in r.stderr, \
         r.stderr
