@@ -375,7 +375,12 @@ def render() -> str:
     out += [".PP", inline(
         "`ksplice/` at the top of the working tree is the default ORIG_CONFIG: the running "
         "kernel's `.config` and `System.map`, and optionally `flags` (extra kbuild "
-        "arguments), `vmlinux` and `Module.symvers`.")]
+        "arguments), `vmlinux`, `vmlinuz`, `Module.symvers`, `modules/` (its shipped "
+        "modules) and `kernel.json` (what `import-kernel` read: release, banner, compiler, "
+        "vermagic, where each file came from). `git ksplice import-kernel` fills it from a "
+        "distribution's kernel. The build is pinned to the running kernel's release (from "
+        "`kernel.json`, else the banner of `vmlinux` or `vmlinuz`) and its compiler "
+        "(`CONFIG_CC_VERSION_TEXT`), and `make olddefconfig` must change nothing.")]
     out += [".SH EXIT STATUS"]
     out += _table({
         str(errors.EXIT_OK): "Success: for `create`, an update was written.",
