@@ -185,7 +185,7 @@ def view_cmd(tarball: str | None, update_id: str | None, as_json: bool) -> None:
 @click.argument("tarball", type=click.Path(dir_okay=False))
 @click.option("--kernel", metavar="BZIMAGE", type=click.Path(dir_okay=False),
               help="The running kernel's image (the kernel the update is for; default: "
-                   "ksplice.kernel).")
+                   "ksplice.kernel, else ORIG_CONFIG's vmlinuz).")
 @click.option("--check", metavar="SCRIPT", type=click.Path(dir_okay=False),
               help="Shell script run in the guest: must fail before the update, pass with "
                    "it, fail again once it is removed.")

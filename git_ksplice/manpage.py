@@ -93,7 +93,8 @@ CONFIG_KEYS: dict[str, str] = {
         "Multi-valued: the options for patch(1) of `--patch-opt` when that option is not "
         "given.",
     "ksplice.kernel":
-        "The running kernel's image that `try` boots when `--kernel` is not given.",
+        "The running kernel's image that `try` boots when `--kernel` is not given (without "
+        "it: ORIG_CONFIG's `vmlinuz`, which `import-kernel` copies).",
     "ksplice.watch":
         "Multi-valued: the branches the hook watches (`git ksplice hook install -b` sets "
         "them; `git config --add ksplice.watch BRANCH` adds one). Each value is a full ref "

@@ -61,6 +61,7 @@ from git_ksplice.livepatch.module import (
     build_module,
     check_against_running,
 )
+from git_ksplice.livepatch.runpre import check_run_pre
 from git_ksplice.package import (
     ChangedObject,
     Provenance,
@@ -654,9 +655,10 @@ class _Run:
         if not is_linux_tree(self.tree.path):
             return None
         assert self.build is not None
-        self.say.start("livepatch module")
         objects = [PatchedObject(c.target, c.path, c.result, self.tree.pristine_file(c.path))
                    for c in changed]
+        self._run_pre(objects)
+        self.say.start("livepatch module")
         module = build_module(ModuleRequest(
             self.id, objects, tree=self.tree.path, orig=self.settings.orig,
             work=self.repo.state_dir / "modules" / self.id, make_args=self.build.make_args,
@@ -666,6 +668,18 @@ class _Run:
         self.say.done(f"{module.name}.ko: {count(len(module.funcs), 'function')}, "
                       f"{count(module.klp_relocations, 'klp relocation')}")
         return module
+
+    def _run_pre(self, objects: list[PatchedObject]) -> None:
+        """The pristine code the update replaces must be the running kernel's
+        (livepatch/runpre.py): refused otherwise, before the module is built."""
+        self.say.start("run-pre check")
+        report = check_run_pre(
+            [(o.target, o.path, o.pristine, [f.original or f.name for f in o.result.changed])
+             for o in objects], self.settings.orig, self.repo.state_dir / "running")
+        for why in report.skipped:
+            self.say.note(f"run-pre check skipped for {why}")
+        self.say.done(f"{count(len(report.checked), 'function')} as the running kernel has "
+                      "them")
 
     def _module_image(self, name: str) -> Path | None:
         """Module `name` as the running kernel has it, for its symbols: the pristine build's

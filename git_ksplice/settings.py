@@ -274,12 +274,26 @@ def read_hook_settings(repo: Repo) -> HookSettings:
 
 def kernel_image(given: str | None) -> str:
     """The kernel `try` boots: --kernel, else ksplice.kernel (read through git, so `git -c`
-    works; outside a repository only the user's and the system's configuration)."""
+    works; outside a repository only the user's and the system's configuration), else the
+    repository's ORIG_CONFIG's `vmlinuz` (what import-kernel copied)."""
     if given is not None:
         return given
     configured = user_config("ksplice.kernel", type="path")
-    if not configured:
-        raise InputError("which kernel should boot? no --kernel was given and ksplice.kernel "
-                         "is not set", hint="pass --kernel BZIMAGE (the running kernel's "
-                                            "image) or set ksplice.kernel")
-    return configured
+    if configured:
+        return configured
+    imported = _imported_vmlinuz()
+    if imported is None:
+        raise InputError("which kernel should boot? no --kernel was given, ksplice.kernel "
+                         "is not set and ORIG_CONFIG has no vmlinuz",
+                         hint="pass --kernel BZIMAGE (the running kernel's image), set "
+                              "ksplice.kernel, or run git ksplice import-kernel")
+    return str(imported)
+
+
+def _imported_vmlinuz() -> Path | None:
+    try:
+        repo = Repo.discover()
+        orig = OrigConfig(orig_config_dir(repo, None, os.getcwd()))
+    except InputError:
+        return None
+    return orig.vmlinuz

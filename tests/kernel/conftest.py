@@ -3,8 +3,8 @@
 Two builds are made once and cached (keyed by the source tarball, the configuration
 fragment and the compiler), under $KSPLICE_KERNEL_CACHE (default ~/.cache/git-ksplice):
 - the running kernel, built normally: its .config, System.map, vmlinux and Module.symvers
-  become ORIG_CONFIG, its bzImage is what `git ksplice try` boots, its modules are loaded
-  there;
+  become ORIG_CONFIG (no `flags`: the build pins the release from the vmlinux banner), its
+  bzImage is what `git ksplice try` boots, its modules are loaded there;
 - a git repository of the same source whose pristine tree `git ksplice create --prebuild`
   has built (in the repository's own .git/ksplice, as a user's would be).
 Each test commits its patch on a branch from refs/ksplice/pre, runs `git ksplice create`,
@@ -95,9 +95,10 @@ def _running_kernel(base: Path) -> RunningKernel:
         orig.mkdir(parents=True, exist_ok=True)
         for f in (".config", "System.map", "vmlinux", "Module.symvers"):
             shutil.copy2(tree / f, orig / f)
-        # The git checkout would otherwise name the release 6.1.192+ (setlocalversion).
-        (orig / "flags").write_text("LOCALVERSION=\n")
         done.write_text("ok\n")
+    # No `flags` file: the release (6.1.192, where a git checkout would say 6.1.192+) is
+    # pinned from the vmlinux banner. Caches of earlier versions of this tier had one.
+    (orig / "flags").unlink(missing_ok=True)
     return RunningKernel(tree, orig)
 
 
@@ -187,6 +188,7 @@ def _kernel_repo(base: Path, running: RunningKernel) -> KernelRepo:
         (base / "prebuild.log").write_text(r.stdout + r.stderr)
         assert r.returncode == 0, r.stderr[-3000:]
         done.write_text("ok\n")
+    (path / "ksplice" / "flags").unlink(missing_ok=True)  # see _running_kernel
     out = base / "updates"
     out.mkdir(exist_ok=True)
     return KernelRepo(path, env, running, out)

@@ -72,3 +72,22 @@ def test_the_kernel_from_git_config(tmp_path: Path) -> None:
                         "try", str(bogus)], capture_output=True, text=True, cwd=tmp_path,
                        env={**os.environ, "PATH": f"{REPO / 'bin'}:{os.environ['PATH']}"})
     assert r.returncode == 1 and "cannot read update" in r.stderr, r.stderr
+
+
+def test_the_kernel_import_kernel_copied(tmp_path: Path) -> None:
+    """Without --kernel or ksplice.kernel, the repository's ORIG_CONFIG/vmlinuz boots."""
+    bogus = tmp_path / "bogus.tar.gz"
+    bogus.write_bytes(b"not a tarball")
+    repo = tmp_path / "linux"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "ksplice").mkdir()
+    r = subprocess.run([sys.executable, "-m", "git_ksplice", "try", str(bogus)],
+                       capture_output=True, text=True, cwd=repo,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 1 and "ORIG_CONFIG has no vmlinuz" in r.stderr, r.stderr
+    assert "import-kernel" in r.stderr
+    (repo / "ksplice" / "vmlinuz").write_bytes(b"image")
+    r = subprocess.run([sys.executable, "-m", "git_ksplice", "try", str(bogus)],
+                       capture_output=True, text=True, cwd=repo,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 1 and "cannot read update" in r.stderr, r.stderr

@@ -1,0 +1,348 @@
+"""The run-pre check: the pristine code an update replaces is the code the running kernel runs.
+
+Ksplice matched its pristine objects against the running kernel's memory before it applied an
+update ("run-pre matching"); no tool since does. Without it, an update built from the wrong
+source, configuration or compiler is packaged, loads, and replaces functions with code whose
+assumptions (struct layouts, inlined callees, constants) are not the running kernel's. Here the
+check is made at build time against the running kernel's own code, read from ORIG_CONFIG:
+- for vmlinux, from the debug `vmlinux` when there is one, otherwise from `vmlinuz`
+  unpacked (git_ksplice.kernel_image; unpacked once per image and kept in the state
+  directory), each read by address through its program headers; addresses come from
+  `System.map` (for an imported kernel, the image's own kallsyms);
+- for a module, from its shipped `.ko` in ORIG_CONFIG's `modules/`, by section.
+
+What is compared: every function the update replaces, and every function of the same pre
+object they call or reference (the code the replacement's relocations will resolve to), but
+weak ones (the running kernel may have another object's). The
+pristine function's bytes must equal the running ones everywhere but at relocation sites. A
+relocation against a named symbol is also checked where it lands: the running bytes must hold
+the address of a symbol of that name (any of its namesakes; PC-relative sites relative to the
+running function). Relocations against other section symbols (jump tables, constant arrays)
+are only masked: their targets hold relocations of their own. A relocation against a string
+section must reach a string of the same contents in the running kernel (a changed literal is
+a changed source). A function of several namesakes in the running kernel (static functions
+of one name in many files) matches if one of them is equal.
+
+The pristine objects are built with `-ffunction-sections -fdata-sections` and the running
+kernel without: the instruction streams are the same (measured on Debian's kernel: 139/139
+functions of kernel/sys.o), only calls between a unit's own functions gain relocations, which
+the landing check covers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from git_ksplice.elf.model import (
+    R_X86_64_32,
+    R_X86_64_32S,
+    R_X86_64_64,
+    R_X86_64_PC32,
+    R_X86_64_PLT32,
+    SHF_STRINGS,
+    STB_WEAK,
+    STT_FUNC,
+    STT_SECTION,
+    ElfObject,
+    Reloc,
+    Symbol,
+    read_object,
+)
+from git_ksplice.errors import InputError, RefusedError
+from git_ksplice.kernel_image import unpack_bzimage
+from git_ksplice.origconfig import OrigConfig
+from git_ksplice.words import count
+
+_WIDTH = {R_X86_64_PC32: 4, R_X86_64_PLT32: 4, R_X86_64_32: 4, R_X86_64_32S: 4,
+          R_X86_64_64: 8}
+_PHDR = struct.Struct("<IIQQQQQQ")
+_LIKELY_CAUSE = ("the source, configuration or compiler is not the running kernel's: "
+                 "refs/ksplice/pre must be the running kernel's exact source, ORIG_CONFIG "
+                 "its build configuration (git ksplice import-kernel)")
+
+
+@dataclass(frozen=True)
+class Checked:
+    """One pristine function found in the running kernel."""
+
+    target: str
+    function: str
+    address: int | None  # in vmlinux; None for a module (matched by section)
+
+
+@dataclass
+class RunPreReport:
+    checked: list[Checked] = field(default_factory=list)
+    #: why some target was not checked (no image, no shipped module)
+    skipped: list[str] = field(default_factory=list)
+
+
+class RunningImage:
+    """The running vmlinux, read by address, with System.map's addresses by name."""
+
+    def __init__(self, data: bytes | mmap.mmap, where: str, system_map: Path) -> None:
+        self.data = data
+        self.where = where
+        self.segments = _load_segments(data, where)
+        self.addresses: dict[str, list[int]] = {}
+        for line in system_map.read_text(errors="replace").splitlines():
+            words = line.split()
+            if len(words) >= 3:
+                try:
+                    self.addresses.setdefault(words[2], []).append(int(words[0], 16))
+                except ValueError:
+                    continue
+
+    def read(self, address: int, size: int) -> bytes | None:
+        for vaddr, offset, filesz in self.segments:
+            if vaddr <= address and address + size <= vaddr + filesz:
+                at = offset + address - vaddr
+                return bytes(self.data[at:at + size])
+        return None
+
+
+def _load_segments(data: bytes | mmap.mmap, where: str) -> list[tuple[int, int, int]]:
+    if data[:4] != b"\x7fELF" or data[4] != 2:
+        raise InputError(f"{where} is not a 64-bit ELF kernel image")
+    phoff = int.from_bytes(data[32:40], "little")
+    phnum = int.from_bytes(data[56:58], "little")
+    out = []
+    for i in range(phnum):
+        p_type, _flags, offset, vaddr, _paddr, filesz, _memsz, _align = _PHDR.unpack_from(
+            data, phoff + i * _PHDR.size)
+        if p_type == 1:  # PT_LOAD
+            out.append((vaddr, offset, filesz))
+    return out
+
+
+def running_image(orig: OrigConfig, cache: Path) -> RunningImage | None:
+    """The running vmlinux: the debug one, else vmlinuz unpacked (kept in `cache`, named by
+    the image's hash); None when ORIG_CONFIG has neither."""
+    if orig.vmlinux is not None:
+        f = open(orig.vmlinux, "rb")  # noqa: SIM115 (kept open with the map)
+        return RunningImage(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ),
+                            str(orig.vmlinux), orig.system_map)
+    if orig.vmlinuz is None:
+        return None
+    packed = orig.vmlinuz.read_bytes()
+    unpacked = cache / f"vmlinux-{hashlib.sha256(packed).hexdigest()[:16]}"
+    if not unpacked.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        for old in cache.glob("vmlinux-*"):
+            old.unlink(missing_ok=True)
+        part = unpacked.with_name(unpacked.name + ".part")
+        part.write_bytes(unpack_bzimage(packed, str(orig.vmlinuz)))
+        part.replace(unpacked)
+    return RunningImage(unpacked.read_bytes(), str(orig.vmlinuz), orig.system_map)
+
+
+def functions_to_check(pre: ElfObject, replaced: list[str]) -> list[Symbol]:
+    """The replaced functions of the pre object and the functions of that object they
+    reference, in that order."""
+    by_name = {s.name: s for s in pre.symbols if s.type == STT_FUNC and s.defined}
+    out = [by_name[n] for n in replaced if n in by_name]
+    seen = {s.name for s in out}
+    for fn in list(out):
+        assert fn.section is not None
+        for r in fn.section.relocs:
+            if not fn.value <= r.offset < fn.value + fn.size:
+                continue
+            callee = r.symbol
+            if callee.type == STT_SECTION and callee.section is not None:
+                callee = callee.section.symbol_at(r.addend + 4) or callee
+            # A weak callee may be another object's function in the running kernel (the
+            # __weak arch_report_meminfo of fs/proc/meminfo.c is arch/x86's): not compared.
+            if callee.type == STT_FUNC and callee.defined and callee.bind != STB_WEAK \
+                    and callee.name not in seen:
+                seen.add(callee.name)
+                out.append(callee)
+    return out
+
+
+def first_difference(fn: Symbol, running: bytes, at: int | None,
+                     image: RunningImage | None) -> int | None:
+    """The offset in `fn` of the first byte the running code (at address `at` of `image`;
+    None for a module's section) does not have, relocation sites masked and checked."""
+    assert fn.section is not None
+    start, size = fn.value, fn.size
+    ours = fn.section.data[start:start + size]
+    masked = bytearray(size)
+    for r in fn.section.relocs:
+        width = _WIDTH.get(r.type, 4)
+        if start <= r.offset < start + size:
+            for i in range(r.offset - start, min(size, r.offset - start + width)):
+                masked[i] = 1
+            if at is not None and image is not None and \
+                    not _lands(r, running, r.offset - start, at, image):
+                return r.offset - start
+    for i in range(size):
+        if not masked[i] and ours[i] != running[i]:
+            return i
+    return None
+
+
+def _lands(r: Reloc, running: bytes, offset: int, at: int, image: RunningImage) -> bool:
+    """Whether the running bytes at a relocation site hold what it must resolve to: a named
+    symbol's address, or a string literal with our string's contents."""
+    width = _WIDTH.get(r.type)
+    if width is None or offset + width > len(running):
+        return True
+    value = int.from_bytes(running[offset:offset + width], "little")
+    pc_relative = r.type in (R_X86_64_PC32, R_X86_64_PLT32)
+    site = at + offset
+    if r.symbol.type == STT_SECTION:
+        return _string_lands(r, value, width, site if pc_relative else None, image)
+    candidates = image.addresses.get(r.symbol.name) if r.symbol.name else None
+    if not candidates:
+        return True  # not in the running kernel's map (an alias the map leaves out)
+    # The field holds the low bytes of the value (sign-extended or not by the instruction;
+    # the linker checked that it fits): compared modulo its width.
+    mask = (1 << (8 * width)) - 1
+    return any((s + r.addend - (site if pc_relative else 0)) & mask == value
+               for s in candidates)
+
+
+def _string_lands(r: Reloc, value: int, width: int, site: int | None,
+                  image: RunningImage) -> bool:
+    """A relocation against a string section (`.rodata.str1.1`) must reach the same string
+    in the running kernel: a changed literal is a changed source. Other sections' targets
+    (jump tables, constant arrays) hold relocations of their own: masked only."""
+    section = r.symbol.section
+    if section is None or not section.flags & SHF_STRINGS:
+        return True
+    if width == 4:
+        value -= (value & 0x80000000) << 1  # both PC32 and 32S sign-extend
+    # the section's address, as a 64-bit address (a 32S field sign-extends to the top 2 GB)
+    base = ((value + site if site is not None else value) - r.addend) & ((1 << 64) - 1)
+    # A PC-relative field usually ends its instruction (the string at addend + 4); an
+    # immediate after it moves the string by its size.
+    offsets = [r.addend + 4 + n for n in (0, 1, 2, 4)] if site is not None else [r.addend]
+    for stroff in offsets:
+        if not 0 <= stroff < len(section.data):
+            continue
+        ours = section.data[stroff:section.data.find(b"\0", stroff) + 1]
+        if ours and image.read(base + stroff, len(ours)) == ours:
+            return True
+    return False
+
+
+def check_vmlinux_object(image: RunningImage, pre_path: Path, rel: str,
+                         replaced: list[str]) -> list[Checked]:
+    """Every function to check of one vmlinux object, found in the running image; a
+    refusal naming the first that is not."""
+    pre = read_object(pre_path)
+    checked = []
+    for fn in functions_to_check(pre, replaced):
+        candidates = image.addresses.get(fn.name, [])
+        if not candidates:
+            if fn.name in replaced:
+                raise RefusedError(f"run-pre check: {fn.name} ({rel}) is not in the running "
+                                   "kernel's symbols: the update could not replace it",
+                                   hint=f"likely cause: {_LIKELY_CAUSE}")
+            continue  # a callee the running kernel inlined everywhere
+        differences = []
+        match = None
+        for address in candidates:
+            running = image.read(address, fn.size)
+            if running is None:
+                differences.append((address, 0))
+                continue
+            at = first_difference(fn, running, address, image)
+            if at is None:
+                match = address
+                break
+            differences.append((address, at))
+        if match is None:
+            address, at = max(differences, key=lambda d: d[1])
+            raise RefusedError(
+                f"run-pre check: {fn.name} ({rel}) is not the running kernel's code: it "
+                f"differs at offset {at:#x} from {image.where}'s at {address:#x}"
+                + (f" (and {count(len(candidates) - 1, 'other namesake')})"
+                   if len(candidates) > 1 else ""),
+                hint=f"likely cause: {_LIKELY_CAUSE}")
+        checked.append(Checked("vmlinux", fn.name, match))
+    return checked
+
+
+def check_module_object(ko: Path, pre_path: Path, rel: str, target: str,
+                        replaced: list[str]) -> list[Checked]:
+    """The module's functions to check against the shipped `.ko`: the same bytes, the
+    relocation sites of both masked (a .ko's sites are resolved at load)."""
+    pre = read_object(pre_path)
+    shipped = read_object(ko)
+    theirs = {s.name: s for s in shipped.symbols if s.type == STT_FUNC and s.defined}
+    checked = []
+    for fn in functions_to_check(pre, replaced):
+        other = theirs.get(fn.name)
+        if other is None or other.section is None:
+            if fn.name in replaced:
+                raise RefusedError(f"run-pre check: {fn.name} ({rel}) is not in the shipped "
+                                   f"module {ko.name}", hint=f"likely cause: {_LIKELY_CAUSE}")
+            continue
+        running = bytearray(other.section.data[other.value:other.value + other.size])
+        for r in other.section.relocs:
+            for i in range(r.offset - other.value, r.offset - other.value + _WIDTH.get(r.type,
+                                                                                      4)):
+                if 0 <= i < len(running):
+                    running[i] = _masked_byte(fn, i)
+        at = (first_difference(fn, bytes(running), None, None)
+              if other.size == fn.size else min(fn.size, other.size))
+        if at is not None:
+            raise RefusedError(f"run-pre check: {fn.name} ({rel}) is not the code of the "
+                               f"shipped module {ko.name}: it differs at offset {at:#x}",
+                               hint=f"likely cause: {_LIKELY_CAUSE}")
+        checked.append(Checked(target, fn.name, None))
+    return checked
+
+
+def _masked_byte(fn: Symbol, i: int) -> int:
+    """Our own byte at offset `i` of `fn`: where the shipped module has a relocation site,
+    its bytes are not compared."""
+    assert fn.section is not None
+    return fn.section.data[fn.value + i]
+
+
+def check_run_pre(objects: list[tuple[str, str, Path, list[str]]], orig: OrigConfig,
+                  cache: Path) -> RunPreReport:
+    """The run-pre check of an update's changed objects, each (target, path in the tree,
+    pristine object, names of the functions it replaces in the pristine object)."""
+    report = RunPreReport()
+    image: RunningImage | None = None
+    for target, rel, pristine, replaced in objects:
+        if not replaced or not pristine.exists():
+            continue  # only new code: nothing running to compare with
+        if target == "vmlinux":
+            if image is None:
+                image = running_image(orig, cache)
+                if image is None:
+                    report.skipped.append("vmlinux: ORIG_CONFIG has neither vmlinux nor "
+                                          "vmlinuz (git ksplice import-kernel copies vmlinuz)")
+                    return report
+            report.checked += check_vmlinux_object(image, pristine, rel, replaced)
+            continue
+        ko = shipped_module(orig, target)
+        if ko is None:
+            report.skipped.append(f"{target}: no shipped module in ORIG_CONFIG's modules/")
+            continue
+        report.checked += check_module_object(ko, pristine, rel, target, replaced)
+    return report
+
+
+def shipped_module(orig: OrigConfig, name: str) -> Path | None:
+    """Module `name`'s shipped .ko in ORIG_CONFIG's modules/ (`-` and `_` alike)."""
+    if orig.modules is None:
+        return None
+    wanted = name.replace("-", "_")
+    for ko in (orig.modules / "kernel").rglob("*.ko"):
+        if ko.name[:-3].replace("-", "_") == wanted:
+            return ko
+    return None
+
+
+__all__ = ["Checked", "RunPreReport", "RunningImage", "check_module_object", "check_run_pre",
+           "check_vmlinux_object", "first_difference", "functions_to_check", "running_image",
+           "shipped_module"]

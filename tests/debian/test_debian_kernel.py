@@ -1,0 +1,102 @@
+"""Debian's shipped kernel, from its packages to a proven update: import-kernel reads it, the
+build is pinned to it (no flags file), the run-pre check proves the pristine code is Debian's,
+and `try` boots Debian's own vmlinuz with the update loaded and undone."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tests.debian.conftest import RELEASE, DebianRepo, _git_env, _sh
+
+pytestmark = [pytest.mark.kernel, pytest.mark.debian]
+
+MEMINFO = "fs/proc/meminfo.c"
+
+
+def _proven(k: DebianRepo, name: str, edits: dict, check: str) -> dict:
+    """Build the fix and prove it under qemu; its manifest."""
+    k.commit_patch(name, edits)
+    _, tarball, r = k.create(name)
+    assert "run-pre check: done" in r.stderr, r.stderr
+    tried = k.try_update(tarball, check)
+    assert tried.returncode == 0, tried.stdout + tried.stderr
+    view = k.ksplice("view", "--json", str(tarball))
+    return json.loads(view.stdout)
+
+
+def test_import_reads_debians_packages(debian_repo: DebianRepo) -> None:
+    k = debian_repo
+    orig = k.path / "ksplice"
+    info = json.loads((orig / "kernel.json").read_text())
+    assert info["release"] == RELEASE
+    assert info["compiler"].startswith("gcc-12 (Debian 12.2.0")
+    assert info["vermagic"] == f"{RELEASE} SMP preempt mod_unload modversions "
+    assert info["system_map_from_kallsyms"] and info["missing"] == ["vmlinux"]
+    assert info["imported"][".config"]["from"].endswith(f"linux-headers-{RELEASE}/.config")
+    assert not (orig / "flags").exists()
+    assert len((orig / "System.map").read_text().splitlines()) > 90000
+    assert (orig / "modules/kernel/fs/nls/nls_iso8859-1.ko").is_file()
+
+
+def test_a_string_in_vmlinux(debian_repo: DebianRepo) -> None:
+    manifest = _proven(debian_repo, "meminfo-string", {MEMINFO: [
+        ('"MemTotal:       "', '"MemTotal(lp):   "')]}, "grep -q 'MemTotal(lp):' /proc/meminfo")
+    functions = [f["function"] for f in manifest["functions"]]
+    assert functions == ["meminfo_proc_show"], manifest
+
+
+def test_a_new_helper_and_a_static_local(debian_repo: DebianRepo) -> None:
+    """A new noinline function called from the changed one, with a static counter."""
+    _proven(debian_repo, "cmdline-helper", {"fs/proc/cmdline.c": [
+        ("static int cmdline_proc_show(struct seq_file *m, void *v)\n{",
+         "static noinline void cmdline_mark(struct seq_file *m)\n{\n"
+         "\tstatic int shown;\n\n\tseq_printf(m, \" lp=%d\", ++shown);\n}\n\n"
+         "static int cmdline_proc_show(struct seq_file *m, void *v)\n{"),
+        ("\tseq_puts(m, saved_command_line);\n",
+         "\tseq_puts(m, saved_command_line);\n\tcmdline_mark(m);\n")]},
+        "grep -q ' lp=1' /proc/cmdline && grep -q ' lp=2' /proc/cmdline")
+
+
+def test_an_init_function_is_refused(debian_repo: DebianRepo) -> None:
+    k = debian_repo
+    k.commit_patch("meminfo-init", {MEMINFO: [
+        ('proc_create_single("meminfo", 0, NULL, meminfo_proc_show);',
+         'proc_create_single("meminfo", 0444, NULL, meminfo_proc_show);')]})
+    _, _, r = k.create("meminfo-init", expect=65)
+    assert "proc_meminfo_init" in r.stderr, r.stderr
+
+
+def test_a_source_that_is_not_the_running_kernels_is_refused(
+        debian_repo: DebianRepo, tmp_path) -> None:
+    """refs/ksplice/pre one commit away from Debian's source: the fix builds, the differ
+    is content, and the run-pre check finds that the pristine code is not what runs."""
+    k = debian_repo
+    clone = tmp_path / "linux"
+    env = _git_env(tmp_path)
+    _sh("git", "clone", "-q", "--shared", str(k.path), str(clone), cwd=tmp_path, env=env)
+    shutil.copytree(k.path / "ksplice", clone / "ksplice", copy_function=_link)
+    wrong = DebianRepo(clone, env, None, k.out)  # type: ignore[arg-type]
+    wrong.git("checkout", "-q", "-b", "wrong-source")
+    text = (clone / MEMINFO).read_text().replace('"Buffers:        "', '"Buffers(x):     "')
+    (clone / MEMINFO).write_text(text)
+    wrong.git("commit", "-qam", "not Debian's meminfo")
+    wrong.git("update-ref", "refs/ksplice/pre", "HEAD")
+    wrong.commit_patch("fix-on-wrong-source", {MEMINFO: [
+        ('"MemFree:        "', '"MemFree(lp):    "')]})
+    _, tarball, r = wrong.create("wrong-source", expect=65)
+    assert "run-pre check: meminfo_proc_show (fs/proc/meminfo.o) is not the running " \
+           "kernel's code" in r.stderr, r.stderr
+    assert "not the running kernel's: refs/ksplice/pre must be" in r.stderr
+    assert not tarball.exists()
+
+
+def _link(src: str, dst: str) -> None:
+    import os
+
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
