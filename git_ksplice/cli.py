@@ -126,6 +126,11 @@ def _create_options(f):
                      "the type exists while the update is loaded)."),
         click.option("--wait/--no-wait", default=None, help="Wait for another create on this "
                      "repository to finish (default; ksplice.wait), or fail at once."),
+        click.option("--sign-key", metavar="KEY", help="Sign the livepatch module with this "
+                     "private key, with the kernel's scripts/sign-file (ksplice.signKey; "
+                     "needs --sign-cert)."),
+        click.option("--sign-cert", metavar="CERT", help="The X.509 certificate of "
+                     "--sign-key (ksplice.signCert)."),
     ]):
         f = decorator(f)
     return f
@@ -147,7 +152,8 @@ def _run_create(commit: str | None, source: str | None = None, **kw) -> None:
         extra_match=list(kw["extra_match"]), exclude_match=list(kw["exclude_match"]),
         skip_prebuild=kw["skip_prebuild"], patch_opts=list(kw["patch_opts"]),
         output=kw["output"], as_json=kw["as_json"], wait=kw["wait"], source=source,
-        allow_layout_change=kw["allow_layout_change"], build_mode=kw["build_mode"])
+        allow_layout_change=kw["allow_layout_change"], build_mode=kw["build_mode"],
+        sign_key=kw["sign_key"], sign_cert=kw["sign_cert"])
     problem = one_change_at_a_time(opts.modes())
     if problem:
         raise click.UsageError(problem)

@@ -92,6 +92,14 @@ CONFIG_KEYS: dict[str, str] = {
     "ksplice.patchOpt":
         "Multi-valued: the options for patch(1) of `--patch-opt` when that option is not "
         "given.",
+    "ksplice.signKey":
+        "The private key the livepatch module is signed with when `--sign-key` is not "
+        "given (with `ksplice.signCert`), by the kernel's `scripts/sign-file` and the hash "
+        "of `CONFIG_MODULE_SIG_HASH`. Without them the module is unsigned: a kernel that "
+        "enforces signatures (`module.sig_enforce`, Secure Boot lockdown) refuses it.",
+    "ksplice.signCert":
+        "The X.509 certificate of `ksplice.signKey`; the running kernel must trust it (its "
+        "built-in keys, or a key enrolled in MOK) for the signature to count.",
     "ksplice.kernel":
         "The running kernel's image that `try` boots when `--kernel` is not given (without "
         "it: ORIG_CONFIG's `vmlinuz`, which `import-kernel` copies).",

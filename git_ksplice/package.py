@@ -208,7 +208,7 @@ def compose_manifest(origin: Provenance, changed: list[ChangedObject], extra: li
             "functions": [{"target": f.target, "name": f.old_name, "sympos": f.sympos}
                           for f in module.funcs],
             "klp_relocations": module.klp_relocations,
-            "warnings": module.warnings}
+            "warnings": module.warnings, "signed": module.signed or ""}
     return manifest
 
 
@@ -450,7 +450,7 @@ SCHEMA: dict[str, object] = {
     "targets": {str: {"objects": {str: _OBJECT}}},
     "livepatch": {"module": str, "vermagic": str, "klp_relocations": int,
                   "functions": [{"target": str, "name": Required(str), "sympos": int}],
-                  "warnings": [str]},
+                  "warnings": [str], "signed": str},
 }
 
 _TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", int: "a number",

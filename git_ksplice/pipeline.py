@@ -61,7 +61,8 @@ from git_ksplice.livepatch.module import (
     build_module,
     check_against_running,
 )
-from git_ksplice.livepatch.runpre import check_run_pre
+from git_ksplice.livepatch.runpre import check_run_pre, shipped_module
+from git_ksplice.livepatch.signing import sign_module
 from git_ksplice.package import (
     ChangedObject,
     Provenance,
@@ -665,8 +666,14 @@ class _Run:
             jobs=self.build.jobs, log=self.log, description=self.description,
             module_image=self._module_image), self.say)
         check_against_running(module, self.settings.orig)
+        if self.settings.signing is not None:
+            key, cert = self.settings.signing
+            module.signed = sign_module(module.ko, self.tree.path,
+                                        self.settings.orig.dot_config, key, cert,
+                                        self.repo.state_dir / "modules" / self.id)
         self.say.done(f"{module.name}.ko: {count(len(module.funcs), 'function')}, "
-                      f"{count(module.klp_relocations, 'klp relocation')}")
+                      f"{count(module.klp_relocations, 'klp relocation')}, "
+                      + (f"signed ({module.signed})" if module.signed else "unsigned"))
         return module
 
     def _run_pre(self, objects: list[PatchedObject]) -> None:
@@ -682,8 +689,12 @@ class _Run:
                       "them")
 
     def _module_image(self, name: str) -> Path | None:
-        """Module `name` as the running kernel has it, for its symbols: the pristine build's
-        .ko, or in the targeted mode its pre objects linked in order."""
+        """Module `name` as the running kernel has it, for its symbols: the shipped .ko
+        (ORIG_CONFIG's modules/, from import-kernel), else the pristine build's, or in the
+        targeted mode its pre objects linked in order."""
+        shipped = shipped_module(self.settings.orig, name)
+        if shipped is not None:
+            return shipped
         if self.targeted:
             assert self.build is not None
             return self.prepared.module_image(name, self.build, self.log)

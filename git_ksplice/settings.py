@@ -65,6 +65,10 @@ class CreateOptions:
     allow_layout_change: bool = False
     #: "targeted" or "full" (see git_ksplice.targeted); None: ksplice.buildMode
     build_mode: str | None = None
+    #: the private key and certificate the livepatch module is signed with; None:
+    #: ksplice.signKey, ksplice.signCert
+    sign_key: str | None = None
+    sign_cert: str | None = None
     #: Where relative paths (--patch, --config, -o) are resolved: the user's directory.
     cwd: str = field(default_factory=os.getcwd)
     #: Where the repository is found (ksplice-create's KERNEL_SOURCE); default `cwd`.
@@ -107,6 +111,8 @@ class Settings:
     verbose: int
     #: "targeted" (prepare the tree, compile what the change touches) or "full"
     build_mode: str = "targeted"
+    #: (private key, certificate) to sign the livepatch module with; None: unsigned
+    signing: tuple[Path, Path] | None = None
 
     @property
     def make_args(self) -> list[str]:
@@ -142,7 +148,36 @@ def read_create_settings(repo: Repo, opts: CreateOptions) -> Settings:
         extra_make_args=shell_words(make_args, "ksplice.makeArgs") if make_args else [],
         make_targets=(None if make_targets is None
                       else shell_words(make_targets, "ksplice.makeTargets")),
-        verbose=opts.verbose, build_mode=_build_mode(repo, opts.build_mode))
+        verbose=opts.verbose, build_mode=_build_mode(repo, opts.build_mode),
+        signing=_signing(repo, opts))
+
+
+def _signing(repo: Repo, opts: CreateOptions) -> tuple[Path, Path] | None:
+    """--sign-key and --sign-cert (else ksplice.signKey, ksplice.signCert): both or none,
+    each a readable file."""
+    given = {}
+    for name, value, key in (("key", opts.sign_key, "ksplice.signKey"),
+                             ("certificate", opts.sign_cert, "ksplice.signCert")):
+        if value is not None:
+            path = Path(value).expanduser()
+            given[name] = path if path.is_absolute() else Path(opts.cwd) / path
+        else:
+            configured = repo.config(key, type="path")
+            if configured:
+                given[name] = Path(configured).expanduser()
+    if not given:
+        return None
+    if len(given) == 1:
+        missing = "certificate" if "key" in given else "key"
+        raise InputError(f"a signing {next(iter(given))} was given without its {missing}",
+                         hint="give both: --sign-key KEY --sign-cert CERT (or git config "
+                              "ksplice.signKey and ksplice.signCert)")
+    for name, path in given.items():
+        if not path.is_file():
+            raise InputError(f"the signing {name} {path} is not a file",
+                             hint="--sign-key takes the private key (PEM), --sign-cert its "
+                                  "X.509 certificate (PEM or DER), as scripts/sign-file does")
+    return given["key"], given["certificate"]
 
 
 BUILD_MODES = ("targeted", "full")
@@ -291,9 +326,15 @@ def kernel_image(given: str | None) -> str:
 
 
 def _imported_vmlinuz() -> Path | None:
+    orig = repository_orig_config()
+    return orig.vmlinuz if orig is not None else None
+
+
+def repository_orig_config() -> OrigConfig | None:
+    """The ORIG_CONFIG of the repository here (as `create` finds it), if there is one."""
     try:
         repo = Repo.discover()
         orig = OrigConfig(orig_config_dir(repo, None, os.getcwd()))
     except InputError:
         return None
-    return orig.vmlinuz
+    return orig if orig.path.is_dir() else None

@@ -79,6 +79,7 @@ PACKAGES: tuple[Package, ...] = (
             "the Debian tier (its configuration builds scripts/sign-file and certs)"),
     Package("dwarves", _commands("pahole"),
             "the Debian tier (its configuration's BTF options need pahole)"),
+    Package("openssl", _commands("openssl"), "the Debian tier (a module signing key)"),
 )
 
 _BY_NAME = {p.name: p for p in PACKAGES}

@@ -57,7 +57,7 @@ def _reaching(prefix: str, forbidden: tuple[str, ...]) -> list[str]:
                 "inputs.py", "package.py", "ledger.py",
                 "settings.py", "repo.py", "kbuild.py", "kbuild_objects.py", "origconfig.py",
                 "hooks.py", "layout.py", "includes.py", "progress.py", "files.py",
-                "toolchain.py", "kernel_image.py", "installed_kernel.py",
+                "toolchain.py", "kernel_image.py", "installed_kernel.py", "shipped_modules.py",
                 "errors.py", "words.py")],
 ])
 def test_a_layer_imports_only_from_below(prefix: str, forbidden: tuple[str, ...]) -> None:

@@ -1,9 +1,12 @@
 """`git ksplice try TARBALL --kernel BZIMAGE`: prove an update on the kernel it is for.
 
-Boots the running kernel's image under qemu and, inside it: loads the given modules, runs
+Boots the running kernel's image under qemu and, inside it: loads the given modules (files,
+earlier updates, or shipped modules by name with what they depend on), runs
 the check (it must fail: the bug is there), loads the update and waits for the livepatch
 transition to finish, runs the check (it must pass), disables and removes the update, and
 runs the check again (it must fail: the update is undone cleanly). Each step is reported.
+The update's target modules (and their dependencies) are in the guest's /lib/modules with
+a modules.dep, so that a check can `modprobe` one after the update is loaded.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from rich.markup import escape
 from git_ksplice import qemu, ui
 from git_ksplice.errors import EXIT_ERROR, EXIT_OK, InputError
 from git_ksplice.package import read_tarball
-from git_ksplice.settings import kernel_image
+from git_ksplice.settings import kernel_image, repository_orig_config
+from git_ksplice.shipped_modules import ShippedModules
 
 _INIT = r"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -81,36 +85,68 @@ _EXPECT = {
 }
 
 
-def _livepatch(path: str) -> tuple[str, str, bytes]:
-    """(update id, livepatch module name, the module's bytes) of an update tarball."""
+def _livepatch(path: str) -> tuple[str, str, bytes, list[str]]:
+    """(update id, livepatch module name, the module's bytes, its targets) of an update
+    tarball."""
     update = read_tarball(Path(path))
     modname, ko = update.livepatch_module()
-    return update.id, modname, ko
+    return update.id, modname, ko, update.contents.targets
 
 
-def _module(path: str) -> tuple[str, bytes]:
-    """(file name, bytes) of a module to load first: a .ko, or an update tarball (an earlier
-    update of a stack), whose livepatch module is taken."""
-    p = Path(path)
+def _modules(given: str, shipped: ShippedModules | None) -> list[tuple[str, bytes]]:
+    """(file name, bytes) of the modules to load first for one --modules: a .ko, an update
+    tarball (an earlier update of a stack: its livepatch module), or the name of a shipped
+    module (ORIG_CONFIG's modules/), preceded by the modules it depends on."""
+    p = Path(given)
     if p.name.endswith((".tar.gz", ".tgz")):
-        _, modname, ko = _livepatch(path)
-        return f"{modname}.ko", ko
+        _, modname, ko, _ = _livepatch(given)
+        return [(f"{modname}.ko", ko)]
+    if not p.exists() and shipped is not None and shipped.find(given) is not None:
+        return [(ko.name, ko.read_bytes()) for _, ko in shipped.with_dependencies(given)]
     try:
-        return p.name, p.read_bytes()
+        return [(p.name, p.read_bytes())]
     except OSError as e:
-        raise InputError(f"cannot read module {path}: {e.strerror}") from None
+        raise InputError(f"cannot read module {given}: {e.strerror}"
+                         + ("" if shipped is None else
+                            ", nor is it the name of a module in ORIG_CONFIG's modules/"),
+                         hint="give a .ko file, an update tarball, or a shipped module's "
+                              "name (after git ksplice import-kernel)") from None
+
+
+def _guest_module_directory(targets: list[str], shipped: ShippedModules | None,
+                            release: str | None) -> dict[str, bytes]:
+    """The update's target modules and what they need, as /lib/modules/RELEASE/ with a
+    modules.dep, so that the check script can `modprobe` a target after the update (a
+    livepatch applies to a module when it loads)."""
+    if shipped is None or release is None:
+        return {}
+    wanted = []
+    for target in targets:
+        if target != "vmlinux" and shipped.find(target) is not None:
+            wanted += [m for m in shipped.with_dependencies(target) if m not in wanted]
+    if not wanted:
+        return {}
+    base = f"lib/modules/{release}"
+    files = {f"{base}/{ko.relative_to(shipped.root)}": ko.read_bytes() for _, ko in wanted}
+    files[f"{base}/modules.dep"] = shipped.modules_dep(wanted).encode()
+    return files
 
 
 def run(tarball: str, kernel: str | None, check: str | None, modules: tuple[str, ...],
         timeout: float, as_json: bool, keep: str | None) -> int:
     kernel = kernel_image(kernel)
-    update_id, modname, ko = _livepatch(tarball)
-    files = {"ksplice/update.ko": ko}
-    names = []
+    update_id, modname, ko, targets = _livepatch(tarball)
+    orig = repository_orig_config()
+    shipped = ShippedModules(orig.modules) if orig is not None and orig.modules else None
+    release = (orig.imported() or {}).get("release") if orig is not None else None
+    files = {"ksplice/update.ko": ko,
+             **_guest_module_directory(targets, shipped, release)}
+    names: list[str] = []
     for m in modules:
-        name, data = _module(m)
-        files[f"ksplice/modules/{name}"] = data
-        names.append(f"/ksplice/modules/{name}")
+        for name, data in _modules(m, shipped):
+            if f"/ksplice/modules/{name}" not in names:
+                files[f"ksplice/modules/{name}"] = data
+                names.append(f"/ksplice/modules/{name}")
     files["ksplice/modules.list"] = ("\n".join(names) + "\n").encode()
     if check is not None:
         try:

@@ -87,6 +87,8 @@ class ModuleBuild:
     klp_objects: set[str] = field(default_factory=set)
     #: what the kernel will do with the module that users would not expect
     warnings: list[str] = field(default_factory=list)
+    #: the hash it was signed with (git_ksplice.livepatch.signing); None: unsigned
+    signed: str | None = None
 
 
 class _Resolver:

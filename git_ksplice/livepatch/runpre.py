@@ -55,6 +55,7 @@ from git_ksplice.elf.model import (
 from git_ksplice.errors import InputError, RefusedError
 from git_ksplice.kernel_image import unpack_bzimage
 from git_ksplice.origconfig import OrigConfig
+from git_ksplice.shipped_modules import ShippedModules
 from git_ksplice.words import count
 
 _WIDTH = {R_X86_64_PC32: 4, R_X86_64_PLT32: 4, R_X86_64_32: 4, R_X86_64_32S: 4,
@@ -333,14 +334,8 @@ def check_run_pre(objects: list[tuple[str, str, Path, list[str]]], orig: OrigCon
 
 
 def shipped_module(orig: OrigConfig, name: str) -> Path | None:
-    """Module `name`'s shipped .ko in ORIG_CONFIG's modules/ (`-` and `_` alike)."""
-    if orig.modules is None:
-        return None
-    wanted = name.replace("-", "_")
-    for ko in (orig.modules / "kernel").rglob("*.ko"):
-        if ko.name[:-3].replace("-", "_") == wanted:
-            return ko
-    return None
+    """Module `name`'s shipped .ko in ORIG_CONFIG's modules/."""
+    return ShippedModules(orig.modules).find(name) if orig.modules is not None else None
 
 
 __all__ = ["Checked", "RunPreReport", "RunningImage", "check_module_object", "check_run_pre",

@@ -100,7 +100,7 @@ def _debian_repo(base: Path, root: Path) -> DebianRepo:
 @pytest.fixture(scope="session")
 def debian_repo() -> DebianRepo:
     needs.require("qemu-system-x86", "busybox-static", "cpio", "linux-source-6.1", "xz-utils",
-                  "flex", "bison", "bc", "libelf-dev", "libssl-dev", "dwarves")
+                  "flex", "bison", "bc", "libelf-dev", "libssl-dev", "dwarves", "openssl")
     base = CACHE / f"debian-{RELEASE}"
     base.mkdir(parents=True, exist_ok=True)
     return _debian_repo(base, _unpacked_packages(base))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tarfile
 
 import pytest
 
@@ -58,6 +59,60 @@ def test_a_new_helper_and_a_static_local(debian_repo: DebianRepo) -> None:
         ("\tseq_puts(m, saved_command_line);\n",
          "\tseq_puts(m, saved_command_line);\n\tcmdline_mark(m);\n")]},
         "grep -q ' lp=1' /proc/cmdline && grep -q ' lp=2' /proc/cmdline")
+
+
+BRIDGE = {"net/bridge/br_sysfs_br.c": [
+    ('return sprintf(buf, "%lu\\n", jiffies_to_clock_t(br->forward_delay));',
+     'return sprintf(buf, "%lu lp\\n", jiffies_to_clock_t(br->forward_delay));')]}
+SHOW_BRIDGE = ("brctl addbr br0 2>/dev/null\n"
+               "grep -q ' lp' /sys/class/net/br0/bridge/forward_delay")
+
+
+def test_a_module_loaded_before_the_update(debian_repo: DebianRepo) -> None:
+    """The bridge module, shipped by Debian, loaded with what it depends on (llc, stp)
+    before the update: sympos and the run-pre check read the shipped bridge.ko."""
+    k = debian_repo
+    k.commit_patch("bridge-before", BRIDGE)
+    _, tarball, r = k.create("bridge-before")
+    assert "changed  bridge: forward_delay_show" in r.stderr, r.stderr
+    assert "run-pre check: done" in r.stderr
+    tried = k.ksplice("try", str(tarball), "--modules", "bridge", "--check",
+                      str(_script(k, "bridge-before", SHOW_BRIDGE)), expect=None)
+    assert tried.returncode == 0, tried.stdout + tried.stderr
+    assert "load-module:llc" in tried.stderr and "load-module:stp" in tried.stderr
+
+
+def test_a_module_loaded_after_the_update(debian_repo: DebianRepo) -> None:
+    """Not loaded when the update is: the check modprobes it (the guest has the update's
+    target modules with a modules.dep) once the livepatch is there, and the kernel applies
+    the update to it as it loads. The update is signed (Debian's kernel, not enforcing
+    signatures, loads it either way; the signature is checked for what sign-file writes)."""
+    k = debian_repo
+    k.commit_patch("bridge-after", BRIDGE)
+    key, cert = k.out / "signing.pem", k.out / "signing.der"
+    _sh("openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+        str(key), "-outform", "DER", "-out", str(cert), "-subj", "/CN=git-ksplice test",
+        "-days", "30", cwd=k.out)
+    _, tarball, r = k.create("bridge-after", "--sign-key", str(key), "--sign-cert", str(cert))
+    assert "signed (sha256)" in r.stderr, r.stderr  # CONFIG_MODULE_SIG_HASH
+    with tarfile.open(tarball) as t:
+        ko = next(m for m in t.getmembers() if m.name.endswith(".ko"))
+        data = t.extractfile(ko).read()  # type: ignore[union-attr]
+    assert data.endswith(b"~Module signature appended~\n") and b"git-ksplice test" in data
+    check = ("if ls /sys/kernel/livepatch | grep -q ksplice; then modprobe bridge; fi\n"
+             + SHOW_BRIDGE)
+    keep = k.out / "bridge-after.try"
+    tried = k.ksplice("try", str(tarball), "--keep", str(keep), "--check",
+                      str(_script(k, "bridge-after", check)), expect=None)
+    assert tried.returncode == 0, tried.stdout + tried.stderr
+    console = (keep / "console.log").read_text(errors="replace")
+    assert "to loading module 'bridge'" in console, console[-3000:]
+
+
+def _script(k: DebianRepo, name: str, body: str):
+    script = k.out / f"{name}.check.sh"
+    script.write_text("#!/bin/sh\n" + body + "\n")
+    return script
 
 
 def test_an_init_function_is_refused(debian_repo: DebianRepo) -> None:

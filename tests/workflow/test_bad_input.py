@@ -115,7 +115,25 @@ def _diffext_same(k: Kernel, tmp: Path) -> list[str]:
     return ["--diffext=.new"]
 
 
+def _sign_key_only(k: Kernel, tmp: Path) -> list[str]:
+    k.commit("proc: say more", PROC_FIX)
+    (tmp / "key.pem").write_text("-----BEGIN PRIVATE KEY-----\n")
+    return ["--sign-key", str(tmp / "key.pem")]
+
+
+def _sign_cert_missing(k: Kernel, tmp: Path) -> list[str]:
+    k.commit("proc: say more", PROC_FIX)
+    (tmp / "key.pem").write_text("-----BEGIN PRIVATE KEY-----\n")
+    k.git("config", "ksplice.signCert", str(tmp / "no-such.der"))
+    return ["--sign-key", str(tmp / "key.pem")]
+
+
 CASES = {
+    "sign-key-without-certificate": Case(_sign_key_only, 1,
+                                         r"a signing key was given without its certificate"),
+    "sign-certificate-not-a-file": Case(_sign_cert_missing, 1,
+                                        r"the signing certificate \S*no-such\.der is not a "
+                                        r"file"),
     "not-a-git-repository": Case(lambda k, t: [], 1, r"not a git repository", cwd=_not_a_repo),
     "unknown-commit": Case(lambda k, t: ["no-such-branch"], 1,
                            r"unknown commit 'no-such-branch'"),
