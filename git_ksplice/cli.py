@@ -197,7 +197,9 @@ def view_cmd(tarball: str | None, update_id: str | None, as_json: bool) -> None:
                    "it, fail again once it is removed.")
 @click.option("--modules", "modules", multiple=True, metavar="KO",
               type=click.Path(dir_okay=False), help="Modules to load first, in order: .ko "
-              "files, or earlier updates' tarballs for a stack (repeatable).")
+              "files, earlier updates' tarballs for a stack, or names of the running "
+              "kernel's shipped modules (ORIG_CONFIG's modules/; loaded after what they "
+              "depend on) (repeatable).")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds for the boot.")
 @click.option("--keep", metavar="DIR", help="Keep the initramfs and console log in DIR.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
