@@ -658,13 +658,13 @@ class _Run:
         assert self.build is not None
         objects = [PatchedObject(c.target, c.path, c.result, self.tree.pristine_file(c.path))
                    for c in changed]
-        self._run_pre(objects)
+        resolved = self._run_pre(objects)
         self.say.start("livepatch module")
         module = build_module(ModuleRequest(
             self.id, objects, tree=self.tree.path, orig=self.settings.orig,
             work=self.repo.state_dir / "modules" / self.id, make_args=self.build.make_args,
             jobs=self.build.jobs, log=self.log, description=self.description,
-            module_image=self._module_image), self.say)
+            module_image=self._module_image, running_addresses=resolved), self.say)
         check_against_running(module, self.settings.orig)
         if self.settings.signing is not None:
             key, cert = self.settings.signing
@@ -676,9 +676,10 @@ class _Run:
                       + (f"signed ({module.signed})" if module.signed else "unsigned"))
         return module
 
-    def _run_pre(self, objects: list[PatchedObject]) -> None:
+    def _run_pre(self, objects: list[PatchedObject]) -> dict[str, dict[str, int]]:
         """The pristine code the update replaces must be the running kernel's
-        (livepatch/runpre.py): refused otherwise, before the module is built."""
+        (livepatch/runpre.py): refused otherwise, before the module is built. Returns the
+        namesakes the matching told apart, for sympos."""
         self.say.start("run-pre check")
         report = check_run_pre(
             [(o.target, o.path, o.pristine, [f.original or f.name for f in o.result.changed])
@@ -687,6 +688,7 @@ class _Run:
             self.say.note(f"run-pre check skipped for {why}")
         self.say.done(f"{count(len(report.checked), 'function')} as the running kernel has "
                       "them")
+        return report.resolved
 
     def _module_image(self, name: str) -> Path | None:
         """Module `name` as the running kernel has it, for its symbols: the shipped .ko

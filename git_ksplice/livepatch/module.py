@@ -97,7 +97,9 @@ class _Resolver:
     relocation to (object, name, sympos)."""
 
     def __init__(self, tree: Path, orig: OrigConfig, objects: list[PatchedObject],
-                 module_image: Callable[[str], Path | None]) -> None:
+                 module_image: Callable[[str], Path | None],
+                 running_addresses: dict[str, dict[str, int]] | None = None) -> None:
+        self.running_addresses = running_addresses or {}
         self.tree = tree
         self.orig = orig
         self.module_image = module_image
@@ -124,6 +126,7 @@ class _Resolver:
                     raise RefusedError(f"module {objname} is not built by this "
                                        "configuration")
                 t = module_symbols(objname, ko)
+            t.known = self.running_addresses.get(objname, {})
             self._tables[objname] = t
         return t
 
@@ -178,6 +181,9 @@ class ModuleRequest:
     #: module name -> the running kernel's image of it (its symbol table is what sympos
     #: counts in); None: the pristine tree's built .ko
     module_image: Callable[[str], Path | None] | None = None
+    #: target -> name -> the running address the run-pre check placed a name of several
+    #: namesakes at (livepatch/runpre.py)
+    running_addresses: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -208,7 +214,8 @@ def build_module(req: ModuleRequest, reporter: Reporter | None = None) -> Module
     shutil.rmtree(req.work, ignore_errors=True)
     req.work.mkdir(parents=True)
     resolver = _Resolver(req.tree, req.orig, req.objects,
-                         req.module_image or (lambda name: module_file(req.tree, name)))
+                         req.module_image or (lambda name: module_file(req.tree, name)),
+                         req.running_addresses)
     links = _Links()
     shipped = [_ship_object(n, po, resolver, links, req.work)
                for n, po in enumerate(req.objects)]

@@ -21,7 +21,9 @@ running function). Relocations against other section symbols (jump tables, const
 are only masked: their targets hold relocations of their own. A relocation against a string
 section must reach a string of the same contents in the running kernel (a changed literal is
 a changed source). A function of several namesakes in the running kernel (static functions
-of one name in many files) matches if one of them is equal.
+of one name in many files) matches if one of them is equal; which one matched, and which
+namesake each site's bytes reach, tell the livepatch module's sympos which symbol the
+update means (`RunPreReport.resolved`), so no debug package is needed for that either.
 
 The pristine objects are built with `-ffunction-sections -fdata-sections` and the running
 kernel without: the instruction streams are the same (measured on Debian's kernel: 139/139
@@ -80,6 +82,8 @@ class RunPreReport:
     checked: list[Checked] = field(default_factory=list)
     #: why some target was not checked (no image, no shipped module)
     skipped: list[str] = field(default_factory=list)
+    #: target -> name -> the running address of the one namesake the update's code means
+    resolved: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class RunningImage:
@@ -90,6 +94,8 @@ class RunningImage:
         self.where = where
         self.segments = _load_segments(data, where)
         self.addresses: dict[str, list[int]] = {}
+        #: name -> the addresses matching told apart among its namesakes (see `resolved`)
+        self.learned: dict[str, set[int]] = {}
         for line in system_map.read_text(errors="replace").splitlines():
             words = line.split()
             if len(words) >= 3:
@@ -97,6 +103,16 @@ class RunningImage:
                     self.addresses.setdefault(words[2], []).append(int(words[0], 16))
                 except ValueError:
                     continue
+
+    def learn(self, name: str, address: int) -> None:
+        if len(self.addresses.get(name, ())) > 1:
+            self.learned.setdefault(name, set()).add(address)
+
+    def resolved(self) -> dict[str, int]:
+        """Names of several namesakes that matching placed at one address: which one the
+        update means, without the debug package's FILE symbols."""
+        return {name: next(iter(found)) for name, found in self.learned.items()
+                if len(found) == 1}
 
     def read(self, address: int, size: int) -> bytes | None:
         for vaddr, offset, filesz in self.segments:
@@ -203,8 +219,11 @@ def _lands(r: Reloc, running: bytes, offset: int, at: int, image: RunningImage) 
     # The field holds the low bytes of the value (sign-extended or not by the instruction;
     # the linker checked that it fits): compared modulo its width.
     mask = (1 << (8 * width)) - 1
-    return any((s + r.addend - (site if pc_relative else 0)) & mask == value
-               for s in candidates)
+    hits = [s for s in candidates
+            if (s + r.addend - (site if pc_relative else 0)) & mask == value]
+    if len(hits) == 1:
+        image.learn(r.symbol.name, hits[0])
+    return bool(hits)
 
 
 def _string_lands(r: Reloc, value: int, width: int, site: int | None,
@@ -265,6 +284,7 @@ def check_vmlinux_object(image: RunningImage, pre_path: Path, rel: str,
                 + (f" (and {count(len(candidates) - 1, 'other namesake')})"
                    if len(candidates) > 1 else ""),
                 hint=f"likely cause: {_LIKELY_CAUSE}")
+        image.learn(fn.name, match)
         checked.append(Checked("vmlinux", fn.name, match))
     return checked
 
@@ -330,6 +350,8 @@ def check_run_pre(objects: list[tuple[str, str, Path, list[str]]], orig: OrigCon
             report.skipped.append(f"{target}: no shipped module in ORIG_CONFIG's modules/")
             continue
         report.checked += check_module_object(ko, pristine, rel, target, replaced)
+    if image is not None:
+        report.resolved["vmlinux"] = image.resolved()
     return report
 
 

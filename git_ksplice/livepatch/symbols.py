@@ -126,6 +126,9 @@ class ObjectSymbols:
         for s in located:
             if s.block >= 0:
                 self._blocks[s.block].add(s.name)
+        #: name -> the running address the run-pre check matched it at (runpre.py), for a
+        #: name of several namesakes
+        self.known: dict[str, int] = {}
 
     def exists(self, name: str) -> bool:
         return name in self._by_name
@@ -155,6 +158,11 @@ class ObjectSymbols:
 
     def _ours(self, cands: list[KSym], *, local: bool, file: str | None,
               neighbours: set[str]) -> KSym:
+        known = self.known.get(cands[0].name)
+        if known is not None and self.order is None:
+            matched = [c for c in cands if c.value == known]
+            if len(matched) == 1:
+                return matched[0]
         if not local:
             globals_ = [c for c in cands if not c.local]
             if len(globals_) == 1:

@@ -61,6 +61,25 @@ def test_a_new_helper_and_a_static_local(debian_repo: DebianRepo) -> None:
         "grep -q ' lp=1' /proc/cmdline && grep -q ' lp=2' /proc/cmdline")
 
 
+def test_a_static_function_of_two_namesakes(debian_repo: DebianRepo) -> None:
+    """fs/proc/fd.c's seq_show shares its name with another static function: without the
+    debug package's FILE symbols, the run-pre matching tells which one runs at which
+    address, and the klp_func's sympos follows."""
+    k = debian_repo
+    system_map = (k.path / "ksplice" / "System.map").read_text().splitlines()
+    namesakes = [line.split()[0] for line in system_map if line.endswith(" t seq_show")]
+    assert len(namesakes) == 2
+    manifest = _proven(k, "fdinfo", {"fs/proc/fd.c": [
+        ('"pos:\\t%lli', '"pos(lp):\\t%lli')]}, "grep -q 'pos(lp)' /proc/self/fdinfo/0")
+    assert manifest["functions"][0]["function"] == "seq_show"
+    tarball = next(k.out.glob(f"ksplice-{manifest['id']}.tar.gz"))
+    with tarfile.open(tarball) as t:
+        member = t.extractfile(f"ksplice-{manifest['id']}/manifest.json")
+        funcs = json.loads(member.read())["livepatch"]["functions"]  # type: ignore[union-attr]
+    # fs/proc/fd.o's is the first of the two in address order
+    assert funcs == [{"target": "vmlinux", "name": "seq_show", "sympos": 1}], funcs
+
+
 BRIDGE = {"net/bridge/br_sysfs_br.c": [
     ('return sprintf(buf, "%lu\\n", jiffies_to_clock_t(br->forward_delay));',
      'return sprintf(buf, "%lu lp\\n", jiffies_to_clock_t(br->forward_delay));')]}
