@@ -134,6 +134,57 @@ def _script(k: DebianRepo, name: str, body: str):
     return script
 
 
+def test_a_syscall_body_with_a_user_copy(debian_repo: DebianRepo) -> None:
+    """uname(2): the body __do_sys_newuname is inlined into its traceable wrapper (no
+    __fentry__ of its own), which is what gets replaced; copy_to_user is in it."""
+    _proven(debian_repo, "uname", {"kernel/sys.c": [
+        ("\tif (copy_to_user(name, &tmp, sizeof(tmp)))\n\t\treturn -EFAULT;\n\n"
+         "\tif (override_release",
+         "\tstrcpy(tmp.sysname, \"Debian-lp\");\n"
+         "\tif (copy_to_user(name, &tmp, sizeof(tmp)))\n\t\treturn -EFAULT;\n\n"
+         "\tif (override_release")]}, '[ "$(uname -s)" = Debian-lp ]')
+
+
+def test_a_function_with_exception_table_entries(debian_repo: DebianRepo) -> None:
+    """filldir64 writes to user space with unsafe_put_user: its __ex_table entries come
+    with it, and the run-pre check passes over their sites. The update hides "ksplice"."""
+    manifest = _proven(debian_repo, "readdir-hide", {"fs/readdir.c": [
+        # filldir64's lines (filldir's before it differ in `prev = (void __user *) dirent`)
+        ("\t\treturn false;\n\tbuf->error = -EINVAL;\t/* only used if we fail.. */\n"
+         "\tif (reclen > buf->count)\n\t\treturn false;\n\tprev_reclen = buf->prev_reclen;"
+         "\n\tif (prev_reclen && signal_pending(current))\n\t\treturn false;\n"
+         "\tdirent = buf->current_dir;\n\tprev = (void __user *)dirent - prev_reclen;",
+         "\t\treturn false;\n\tif (namlen == 7 && !memcmp(name, \"ksplice\", 7))\n"
+         "\t\treturn true;\n\tbuf->error = -EINVAL;\t/* only used if we fail.. */\n"
+         "\tif (reclen > buf->count)\n\t\treturn false;\n\tprev_reclen = buf->prev_reclen;"
+         "\n\tif (prev_reclen && signal_pending(current))\n\t\treturn false;\n"
+         "\tdirent = buf->current_dir;\n\tprev = (void __user *)dirent - prev_reclen;")]},
+        "! ls / | grep -q '^ksplice$'")
+    assert "filldir64" in [f["function"] for f in manifest["functions"]], manifest
+
+
+def test_a_header_several_objects_read(debian_repo: DebianRepo) -> None:
+    """include/linux/sched/loadavg.h's LOAD_FRAC: every unit that can read the header is
+    compiled at pre and post, and the objects whose code changed (/proc/loadavg's, PSI's)
+    are the update."""
+    manifest = _proven(debian_repo, "loadavg", {"include/linux/sched/loadavg.h": [
+        ("#define LOAD_FRAC(x) LOAD_INT(((x) & (FIXED_1-1)) * 100)",
+         "#define LOAD_FRAC(x) (LOAD_INT(((x) & (FIXED_1-1)) * 100) + 42)")]},
+        "grep -qE '^[0-9]+\\.4[2-9] ' /proc/loadavg")
+    objects = {f["object"] for f in manifest["functions"]}
+    # kernel/sched/psi.c is built inside kernel/sched/build_utility.o since 6.1
+    assert {"fs/proc/loadavg.o", "kernel/sched/build_utility.o"} <= objects, manifest
+
+
+def test_a_data_initialiser_is_refused(debian_repo: DebianRepo) -> None:
+    k = debian_repo
+    k.commit_patch("panic-timeout", {"kernel/panic.c": [
+        ("int panic_timeout = CONFIG_PANIC_TIMEOUT;",
+         "int panic_timeout = CONFIG_PANIC_TIMEOUT + 1;")]})
+    _, _, r = k.create("panic-timeout", expect=65)
+    assert "panic_timeout" in r.stderr and "initialiser" in r.stderr, r.stderr
+
+
 def test_an_init_function_is_refused(debian_repo: DebianRepo) -> None:
     k = debian_repo
     k.commit_patch("meminfo-init", {MEMINFO: [
