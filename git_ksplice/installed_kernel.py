@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import lzma
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from pathlib import Path
 from git_ksplice.errors import InputError
 from git_ksplice.kernel_image import Banner, banner, read_kallsyms, system_map, unpack_bzimage
 from git_ksplice.origconfig import KERNEL_JSON
+from git_ksplice.shipped_modules import modinfo
 from git_ksplice.toolchain import banner_in_file, read_config
 
 
@@ -310,10 +310,12 @@ def _vermagic(modules: Found | None, release: str) -> str | None:
     if modules is None:
         return None
     for ko in sorted((modules.path / "kernel").rglob("*.ko*")):
-        info = _modinfo(ko)
-        if info is None:
+        if not ko.name.endswith((".ko", ".ko.xz")):
+            continue  # zstd-compressed (Fedora's newer): not read
+        try:
+            vermagic = modinfo(ko).get("vermagic")
+        except InputError:
             continue
-        vermagic = info.get("vermagic")
         if vermagic is None:
             continue
         if not vermagic.startswith(release + " "):
@@ -324,26 +326,6 @@ def _vermagic(modules: Found | None, release: str) -> str | None:
     modules.notes.append("no module with a vermagic: the livepatch module's vermagic is "
                          "checked against the release only")
     return None
-
-
-def _modinfo(ko: Path) -> dict[str, str] | None:
-    """A module's `.modinfo` strings (plain or xz-compressed .ko; others skipped)."""
-    try:
-        data = ko.read_bytes()
-        if ko.name.endswith(".ko.xz"):
-            data = lzma.decompress(data)
-        elif not ko.name.endswith(".ko"):
-            return None
-    except (OSError, lzma.LZMAError):
-        return None
-    at = data.find(b"vermagic=")
-    if at < 0:
-        return None
-    # .modinfo is NUL-separated key=value strings; the ones around vermagic= suffice
-    start = data.rfind(b"\0", 0, at) + 1
-    end = data.find(b"\0", at)
-    key, _, value = data[start:end].decode("utf-8", "replace").partition("=")
-    return {key: value}
 
 
 def _kernelvariables(root: Path, release: str) -> list[str]:

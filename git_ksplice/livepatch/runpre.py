@@ -12,18 +12,19 @@ check is made at build time against the running kernel's own code, read from ORI
 - for a module, from its shipped `.ko` in ORIG_CONFIG's `modules/`, by section.
 
 What is compared: every function the update replaces, and every function of the same pre
-object they call or reference (the code the replacement's relocations will resolve to), but
-weak ones (the running kernel may have another object's). The
-pristine function's bytes must equal the running ones everywhere but at relocation sites. A
-relocation against a named symbol is also checked where it lands: the running bytes must hold
-the address of a symbol of that name (any of its namesakes; PC-relative sites relative to the
-running function). Relocations against other section symbols (jump tables, constant arrays)
-are only masked: their targets hold relocations of their own. A relocation against a string
-section must reach a string of the same contents in the running kernel (a changed literal is
-a changed source). A function of several namesakes in the running kernel (static functions
-of one name in many files) matches if one of them is equal; which one matched, and which
-namesake each site's bytes reach, tell the livepatch module's sympos which symbol the
-update means (`RunPreReport.resolved`), so no debug package is needed for that either.
+object they call or reference (the code the replacement's relocations will resolve to), weak
+ones excepted (the running kernel may have another object's). The pristine bytes must equal
+the running ones everywhere but at relocation sites, and each site must land where it should:
+- against a named symbol, the running bytes hold the address of a symbol of that name (any
+  of its namesakes; PC-relative sites relative to the running function);
+- against a string section, they reach a string of the same contents (a changed literal is
+  a changed source);
+- against other section symbols (jump tables, constant arrays) the site is only masked:
+  those targets hold relocations of their own.
+A function of several namesakes (static functions of one name in many files) matches if one
+of them is equal. Which one matched, and which namesake each site reaches, tell the livepatch
+module's sympos which symbol the update means (`RunPreReport.resolved`): no debug package is
+needed for that either.
 
 The pristine objects are built with `-ffunction-sections -fdata-sections` and the running
 kernel without: the instruction streams are the same (measured on Debian's kernel: 139/139
@@ -304,14 +305,7 @@ def check_module_object(ko: Path, pre_path: Path, rel: str, target: str,
                 raise RefusedError(f"run-pre check: {fn.name} ({rel}) is not in the shipped "
                                    f"module {ko.name}", hint=f"likely cause: {_LIKELY_CAUSE}")
             continue
-        running = bytearray(other.section.data[other.value:other.value + other.size])
-        for r in other.section.relocs:
-            for i in range(r.offset - other.value, r.offset - other.value + _WIDTH.get(r.type,
-                                                                                      4)):
-                if 0 <= i < len(running):
-                    running[i] = _masked_byte(fn, i)
-        at = (first_difference(fn, bytes(running), None, None)
-              if other.size == fn.size else min(fn.size, other.size))
+        at = _module_difference(fn, other)
         if at is not None:
             raise RefusedError(f"run-pre check: {fn.name} ({rel}) is not the code of the "
                                f"shipped module {ko.name}: it differs at offset {at:#x}",
@@ -320,11 +314,19 @@ def check_module_object(ko: Path, pre_path: Path, rel: str, target: str,
     return checked
 
 
-def _masked_byte(fn: Symbol, i: int) -> int:
-    """Our own byte at offset `i` of `fn`: where the shipped module has a relocation site,
-    its bytes are not compared."""
-    assert fn.section is not None
-    return fn.section.data[fn.value + i]
+def _module_difference(fn: Symbol, other: Symbol) -> int | None:
+    """Where `fn` differs from the shipped module's `other`: a size apart, or the first byte
+    outside both sides' relocation sites (the shipped one's take our bytes: not compared)."""
+    assert fn.section is not None and other.section is not None
+    if other.size != fn.size:
+        return min(fn.size, other.size)
+    ours = fn.section.data[fn.value:fn.value + fn.size]
+    running = bytearray(other.section.data[other.value:other.value + other.size])
+    for r in other.section.relocs:
+        start = r.offset - other.value
+        for i in range(max(0, start), min(len(running), start + _WIDTH.get(r.type, 4))):
+            running[i] = ours[i]
+    return first_difference(fn, bytes(running), None, None)
 
 
 def check_run_pre(objects: list[tuple[str, str, Path, list[str]]], orig: OrigConfig,
