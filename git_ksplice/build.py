@@ -98,16 +98,7 @@ class BuildTree(WorkTree):
             return False
         if not rebuild and cache_ok and st.get("pre") == pre and st.get("phase") == "pristine":
             return False
-        if self.repo.worktree_head(self.path) != pre:
-            self.repo.checkout(self.path, pre)
-            self._install_config()
-        self._set_state(phase="building-pristine", **wanted)
-        checkpoint("prebuild-started")
-        checked = time.monotonic()
-        self.timings["checkout"] = checked - started
-        self.check_configuration(settings, log)
-        made = time.monotonic()
-        self.timings["olddefconfig"] = made - checked
+        made = self.begin_build(pre, "building-pristine", wanted, settings, log, started)
         self._make(settings, log, append=True)
         cached = time.monotonic()
         self.timings["make"] = cached - made

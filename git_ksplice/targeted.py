@@ -102,17 +102,8 @@ class PreparedTree(WorkTree):
                       or (not rebuild and st.get("pre") == pre)):
             self._install_symvers()  # ORIG_CONFIG's may have been replaced since
             return False
-        if self.repo.worktree_head(self.path) != pre:
-            self.repo.checkout(self.path, pre)
-            self._install_config()
         self.forget_products()
-        self._set_state(phase="preparing", **wanted)
-        checkpoint("prebuild-started")
-        checked = time.monotonic()
-        self.timings["checkout"] = checked - started
-        self.check_configuration(settings, log)
-        made = time.monotonic()
-        self.timings["olddefconfig"] = made - checked
+        made = self.begin_build(pre, "preparing", wanted, settings, log, started)
         self._make(prepare, log, append=True)
         read = time.monotonic()
         self.timings["make prepare"] = read - made

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from git_ksplice.errors import BuildError, InputError
+from git_ksplice.faults import checkpoint
 from git_ksplice.files import replace_file
 from git_ksplice.kbuild import is_linux_tree, make_environment, with_ksplice_kcflags
 from git_ksplice.origconfig import OrigConfig
@@ -205,6 +206,24 @@ class WorkTree:
         if not same:
             dst.unlink(missing_ok=True)
             shutil.copy2(src, dst)
+
+    def begin_build(self, pre: str, phase: str, wanted: dict, settings: BuildSettings,
+                    log: Path, started: float) -> float:
+        """What both modes do before their make: the tree checked out at `pre` with the
+        running kernel's .config, the phase recorded (so a killed run is repaired), the
+        configuration proven unchanged by this machine's Kconfig. Returns when it ended;
+        the timings of checkout and olddefconfig are kept."""
+        if self.repo.worktree_head(self.path) != pre:
+            self.repo.checkout(self.path, pre)
+            self._install_config()
+        self._set_state(phase=phase, **wanted)
+        checkpoint("prebuild-started")
+        checked = time.monotonic()
+        self.timings["checkout"] = checked - started
+        self.check_configuration(settings, log)
+        made = time.monotonic()
+        self.timings["olddefconfig"] = made - checked
+        return made
 
     def check_configuration(self, settings: BuildSettings, log: Path) -> None:
         """`make olddefconfig` of the running kernel's .config, into a scratch copy, must

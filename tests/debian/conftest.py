@@ -22,7 +22,14 @@ from pathlib import Path
 import pytest
 
 from tests import needs
-from tests.kernel.conftest import CACHE, JOBS, KernelRepo, _extract, _git_env, _sh
+from tests.kernel.conftest import (
+    CACHE,
+    JOBS,
+    KernelRepo,
+    _sh,
+    repository_place,
+    source_repository,
+)
 
 RELEASE = "6.1.0-57-amd64"
 PACKAGES = (f"linux-image-{RELEASE}-unsigned", f"linux-headers-{RELEASE}",
@@ -55,34 +62,15 @@ class DebianRepo(KernelRepo):
 
     root: Path
 
-    def try_update(self, tarball: Path, check: str, modules: tuple[Path, ...] = ()
-                   ) -> subprocess.CompletedProcess:
-        script = self.out / f"{tarball.stem}.check.sh"
-        script.write_text("#!/bin/sh\n" + check + "\n")
-        args = ["try", str(tarball), "--kernel", str(self.path / "ksplice" / "vmlinuz"),
-                "--check", str(script)]
-        for m in modules:
-            args += ["--modules", str(m)]
-        return self.ksplice(*args, expect=None)
+    def kernel_image(self) -> Path:
+        return self.path / "ksplice" / "vmlinuz"  # import-kernel's copy of Debian's
 
 
 def _debian_repo(base: Path, root: Path) -> DebianRepo:
     done = base / "repo.done"
-    path = base / "repo" / "linux-source-6.1"
-    home = base / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    env = _git_env(home)
+    path, env = repository_place(base)
     if not done.exists():
-        shutil.rmtree(base / "repo", ignore_errors=True)
-        path = _extract(base / "repo")
-        gitignore = path / ".gitignore"
-        # Debian's packaging block ignores everything at the top level (/*).
-        gitignore.write_text(gitignore.read_text().split("#\n# Debian packaging")[0])
-        for args in (("init", "-q"), ("add", "-A"),
-                     ("commit", "-qm", "Linux 6.1 (Debian linux-source-6.1)")):
-            _sh("git", *args, cwd=path, env=env)
-        with open(path / ".git" / "info" / "exclude", "a") as f:
-            f.write("ksplice/\n")
+        path = source_repository(base / "repo", env)
         for args in (("import-kernel", "--root", str(root)),
                      ("create", "--prebuild", "-j", JOBS)):
             r = subprocess.run([sys.executable, "-m", "git_ksplice", *args], cwd=path,

@@ -10,7 +10,8 @@ import tarfile
 
 import pytest
 
-from tests.debian.conftest import RELEASE, DebianRepo, _git_env, _sh
+from tests.debian.conftest import RELEASE, DebianRepo
+from tests.kernel.conftest import _git_env, _sh
 
 pytestmark = [pytest.mark.kernel, pytest.mark.debian]
 

@@ -153,36 +153,51 @@ class KernelRepo:
                          expect=expect)
         return uid, self.out / f"ksplice-{uid}.tar.gz", r
 
+    def kernel_image(self) -> Path:
+        """What `try` boots: the running kernel's image."""
+        return self.running.bzimage
+
     def try_update(self, tarball: Path, check: str, modules: tuple[Path, ...] = ()
                    ) -> subprocess.CompletedProcess:
         script = self.out / f"{tarball.stem}.check.sh"
         script.write_text("#!/bin/sh\n" + check + "\n")
-        args = ["try", str(tarball), "--kernel", str(self.running.bzimage), "--check",
+        args = ["try", str(tarball), "--kernel", str(self.kernel_image()), "--check",
                 str(script)]
         for m in modules:
             args += ["--modules", str(m)]
         return self.ksplice(*args, expect=None)
 
 
-def _kernel_repo(base: Path, running: RunningKernel) -> KernelRepo:
-    done = base / "repo.done"
-    path = base / "repo" / "linux-source-6.1"
+def repository_place(base: Path) -> tuple[Path, dict[str, str]]:
+    """Where a tier's cached repository of the source lives under `base`, and the git
+    environment it is used with."""
     home = base / "home"
     home.mkdir(parents=True, exist_ok=True)
-    env = _git_env(home)
+    return base / "repo" / "linux-source-6.1", _git_env(home)
+
+
+def source_repository(where: Path, env: dict[str, str]) -> Path:
+    """The source tarball as a git repository of one commit in `where` (emptied first), its
+    ORIG_CONFIG directory `ksplice/` excluded from git."""
+    shutil.rmtree(where, ignore_errors=True)
+    path = _extract(where)
+    gitignore = path / ".gitignore"
+    # Debian's packaging block ignores everything at the top level (/*).
+    gitignore.write_text(gitignore.read_text().split("#\n# Debian packaging")[0])
+    _sh("git", "init", "-q", cwd=path, env=env)
+    _sh("git", "add", "-A", cwd=path, env=env)
+    _sh("git", "commit", "-qm", "Linux 6.1 (Debian linux-source-6.1)", cwd=path, env=env)
+    with open(path / ".git" / "info" / "exclude", "a") as f:
+        f.write("ksplice/\n")
+    return path
+
+
+def _kernel_repo(base: Path, running: RunningKernel) -> KernelRepo:
+    done = base / "repo.done"
+    path, env = repository_place(base)
     if not done.exists():
-        shutil.rmtree(base / "repo", ignore_errors=True)
-        path = _extract(base / "repo")
-        gitignore = path / ".gitignore"
-        text = gitignore.read_text()
-        # Debian's packaging block ignores everything at the top level (/*).
-        gitignore.write_text(text.split("#\n# Debian packaging")[0])
-        _sh("git", "init", "-q", cwd=path, env=env)
-        _sh("git", "add", "-A", cwd=path, env=env)
-        _sh("git", "commit", "-qm", "Linux 6.1 (Debian linux-source-6.1)", cwd=path, env=env)
+        path = source_repository(base / "repo", env)
         shutil.copytree(running.orig_config, path / "ksplice")
-        with open(path / ".git" / "info" / "exclude", "a") as f:
-            f.write("ksplice/\n")
         r = subprocess.run([sys.executable, "-m", "git_ksplice", "create", "--prebuild", "-j",
                             JOBS], cwd=path, env=env, capture_output=True, text=True)
         (base / "prebuild.log").write_text(r.stdout + r.stderr)
