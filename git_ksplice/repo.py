@@ -190,6 +190,28 @@ class Repo:
                                     "reftable)") from None
         return self._pygit
 
+    def exclude(self, path: Path) -> str | None:
+        """Make git ignore `path`, a directory of ours in the working tree that must never be
+        committed (ORIG_CONFIG with the kernel's modules): a line in info/exclude, which
+        is local to this repository and touches neither the index nor a tracked file.
+        Returns the pattern added; None when `path` is outside the tree or already ignored."""
+        if self.toplevel is None:
+            return None
+        try:
+            rel = path.resolve().relative_to(self.toplevel.resolve())
+        except ValueError:
+            return None
+        if not rel.parts or self.git_here("check-ignore", "-q", f"{rel}/",
+                                           check=False).returncode == 0:
+            return None
+        pattern = f"/{rel.as_posix()}/"
+        exclude = self.common_dir / "info" / "exclude"
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        text = exclude.read_text() if exclude.exists() else ""
+        with open(exclude, "a") as f:
+            f.write(("" if not text or text.endswith("\n") else "\n") + pattern + "\n")
+        return pattern
+
     # -- configuration -------------------------------------------------------------------
 
     def config(self, key: str, *, type: str | None = None) -> str | None:

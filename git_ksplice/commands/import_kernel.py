@@ -28,26 +28,39 @@ def run(root: str, release: str | None, directory: str | None, as_json: bool) ->
                               "were unpacked into (dpkg-deb -x PACKAGE ROOT)")
     if release is None and root_path == Path("/"):
         release = os.uname().release  # the kernel this machine runs
-    report = import_kernel(root_path, release, _destination(directory))
+    repo = _repository()
+    destination = _destination(directory, repo)
+    report = import_kernel(root_path, release, destination)
+    # ORIG_CONFIG in the working tree holds hundreds of megabytes of modules: a `git add -A`
+    # must not commit them.
+    excluded = repo.exclude(destination) if repo is not None else None
     if as_json:
-        ui.print_json(_document(report))
+        ui.print_json({**_document(report), "excluded": excluded})
     else:
         _show(report)
+        if excluded:
+            ui.console.print(f"  [dim]{escape(excluded)} added to the repository's "
+                             "info/exclude: git ignores it[/]", highlight=False)
     return EXIT_OK
 
 
-def _destination(directory: str | None) -> Path:
+def _repository() -> Repo | None:
+    try:
+        return Repo.discover()
+    except InputError:
+        return None
+
+
+def _destination(directory: str | None, repo: Repo | None) -> Path:
     """DIR, else the repository's ORIG_CONFIG (--config's default: ksplice.config or
     <source>/ksplice)."""
     if directory is not None:
         return Path(directory).expanduser().resolve()
-    try:
-        repo = Repo.discover()
-    except InputError:
+    if repo is None:
         raise InputError("where should the kernel go? no DIR was given and this is not a git "
                          "repository", hint="name the ORIG_CONFIG directory: git ksplice "
                                             "import-kernel [RELEASE] DIR, or run it in the "
-                                            "kernel's repository") from None
+                                            "kernel's repository")
     return orig_config_dir(repo, None, os.getcwd())
 
 

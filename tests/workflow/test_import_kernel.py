@@ -164,3 +164,23 @@ def test_the_command_reads_one_argument_with_a_slash_as_the_directory(
     r = run_ksplice(["import-kernel", "--root", str(tmp_path / "nowhere"), "x/"],
                     cwd=tmp_path)
     assert r.returncode == 1 and "is not a directory" in r.stderr, r.stderr
+
+
+def test_the_repositorys_orig_config_is_kept_out_of_git(tmp_path: Path) -> None:
+    """Imported into the default ksplice/ of a repository: git ignores it (the modules are
+    hundreds of megabytes a `git add -A` would commit), once, without touching the index."""
+    _fedora(tmp_path / "root")
+    repo = tmp_path / "linux"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "Makefile").write_text("all:\n")
+    said = []
+    for _ in range(2):
+        r = run_ksplice(["import-kernel", "--root", str(tmp_path / "root")], cwd=repo)
+        assert r.returncode == 0, r.stderr
+        said.append("/ksplice/ added to the repository's info/exclude" in r.stderr)
+    assert said == [True, False]
+    assert (repo / ".git/info/exclude").read_text().count("/ksplice/") == 1
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True,
+                            text=True, check=True).stdout
+    assert status == "?? Makefile\n", status
+    assert (repo / "ksplice/kernel.json").is_file()
