@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import platform
 import sys
-from pathlib import Path
 
 import click
 
@@ -311,12 +310,11 @@ def import_kernel_cmd(release: str | None, directory: str | None, root: str,
     """Fill ORIG_CONFIG (DIR; default: the repository's) from a distribution's kernel.
 
     RELEASE defaults to the running kernel's (uname -r) for ROOT /, else to the one kernel
-    under ROOT. A single argument that contains a slash or names a directory is DIR.
+    under ROOT. A single argument that contains a slash is DIR (./orig, not orig).
     """
     from git_ksplice.commands.import_kernel import run
 
-    if directory is None and release is not None and ("/" in release
-                                                      or Path(release).is_dir()):
+    if directory is None and release is not None and "/" in release:
         release, directory = None, release
     sys.exit(run(root, release, directory, as_json))
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from git_ksplice.errors import InputError
 from git_ksplice.kernel_image import Banner, banner, read_kallsyms, system_map, unpack_bzimage
-from git_ksplice.origconfig import KERNEL_JSON
+from git_ksplice.origconfig import INCOMPLETE, KERNEL_JSON
 from git_ksplice.shipped_modules import modinfo
 from git_ksplice.toolchain import banner_in_file, read_config
 
@@ -106,6 +106,8 @@ PARTS = (
 )
 #: kbuild's links from lib/modules/R back into the headers: not part of what was shipped
 _MODULE_DIR_LINKS = ("build", "source")
+#: Files at least this large are hard-linked rather than copied (read-only images)
+_LINK_ABOVE = 64 << 20
 _KERNELVARIABLES = "usr/src/linux-headers-{R}/.kernelvariables"
 
 
@@ -348,6 +350,14 @@ def _check_destination(destination: Path, report: ImportReport) -> None:
     if destination.exists() and not destination.is_dir():
         raise InputError(f"ORIG_CONFIG {destination} is a file, not a directory",
                          hint="name a directory: git ksplice import-kernel [RELEASE] DIR")
+    ours = (destination / KERNEL_JSON).exists() or (destination / INCOMPLETE).exists()
+    theirs = sorted(p.name for p in destination.iterdir()) if destination.is_dir() else []
+    if theirs and not ours:
+        raise InputError(f"{destination} holds files import-kernel did not write "
+                         f"({', '.join(theirs[:5])}{', ...' if len(theirs) > 5 else ''}): "
+                         "importing would replace them",
+                         hint="import into an empty directory (git ksplice import-kernel "
+                              "[RELEASE] DIR), or move those files away first")
     imported = {f.part.name for f in report.found} | {"System.map"}
     stale = destination / "vmlinux"
     if "vmlinux" not in imported and stale.exists() and report.banner is not None:
@@ -359,9 +369,18 @@ def _check_destination(destination: Path, report: ImportReport) -> None:
 
 
 def _write(report: ImportReport, map_text: str) -> None:
+    """The parts into ORIG_CONFIG; until kernel.json is written at the end, a marker says
+    the import is incomplete (OrigConfig.check refuses such a directory), and the parts a
+    previous import left that this one did not find are removed (another kernel's)."""
     dest = report.destination
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / KERNEL_JSON).unlink(missing_ok=True)  # until the end, this is no import
+    _write_text(dest / INCOMPLETE, "git ksplice import-kernel did not finish\n")
+    (dest / KERNEL_JSON).unlink(missing_ok=True)
+    found = {f.part.name for f in report.found} | {"System.map"}
+    for part in PARTS:
+        if part.name not in found:
+            stale = dest / part.name
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
     for f in report.found:
         if f.part.name == "System.map":
             continue
@@ -381,6 +400,10 @@ def _write(report: ImportReport, map_text: str) -> None:
         "missing": sorted(report.missing),
     }
     _write_text(dest / KERNEL_JSON, json.dumps(info, indent=2) + "\n")
+    (dest / INCOMPLETE).unlink()
+    if (dest / "flags").exists():
+        report.notes.append(f"{dest / 'flags'} (extra make arguments) is kept and applies to "
+                            "this kernel's builds: remove it unless it is meant for them")
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -390,15 +413,23 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _place_file(source: Path, target: Path) -> None:
-    """`target` becomes `source`'s contents: a hard link where possible, a copy otherwise;
-    `.gz` sources (Fedora's symvers) unpacked."""
+    """`target` becomes `source`'s contents: a copy, but for the large images (the debug
+    vmlinux: 633 MB) a hard link where the file system allows (a small file is copied, so
+    that editing ORIG_CONFIG's .config never edits the package's); `.gz` sources (Fedora's
+    symvers) unpacked."""
     part = target.with_name(target.name + ".part")
     part.unlink(missing_ok=True)
-    if source.name.endswith(".gz"):
-        with gzip.open(source, "rb") as src, open(part, "wb") as out:
-            shutil.copyfileobj(src, out)
-    else:
-        _link_or_copy(str(source), str(part))
+    try:
+        if source.name.endswith(".gz"):
+            with gzip.open(source, "rb") as src, open(part, "wb") as out:
+                shutil.copyfileobj(src, out)
+        elif source.stat().st_size >= _LINK_ABOVE:
+            _link_or_copy(str(source), str(part))
+        else:
+            shutil.copy2(source, part)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        part.unlink(missing_ok=True)
+        raise InputError(f"cannot copy {source} into {target.parent}: {e}") from None
     os.replace(part, target)
 
 

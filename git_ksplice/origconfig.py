@@ -21,6 +21,8 @@ from git_ksplice.errors import InputError
 #: What `git ksplice import-kernel` records about the kernel it read (git_ksplice.
 #: installed_kernel): release, banner, compiler, vermagic, where each part came from.
 KERNEL_JSON = "kernel.json"
+#: Present while import-kernel writes ORIG_CONFIG: an interrupted import is never used.
+INCOMPLETE = "import-incomplete"
 
 
 def shell_words(text: str, where: str) -> list[str]:
@@ -157,6 +159,10 @@ class OrigConfig:
             raise InputError(f"ORIG_CONFIG directory {self.path} does not exist",
                              hint="it describes the running kernel: put its .config and "
                                   "System.map there, or pass --config=DIR")
+        if (self.path / INCOMPLETE).exists():
+            raise InputError(f"ORIG_CONFIG {self.path} is half written: git ksplice "
+                             "import-kernel did not finish there",
+                             hint="run git ksplice import-kernel again")
         if not self.system_map.is_file():
             raise InputError(f"Failed to find System.map file in ORIG_CONFIG directory "
                              f"{self.path}",

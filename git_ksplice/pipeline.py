@@ -676,7 +676,8 @@ class _Run:
                       + (f"signed ({module.signed})" if module.signed else "unsigned"))
         return module
 
-    def _run_pre(self, objects: list[PatchedObject]) -> dict[str, dict[str, int]]:
+    def _run_pre(self, objects: list[PatchedObject]
+                 ) -> dict[str, dict[tuple[str | None, str], int]]:
         """The pristine code the update replaces must be the running kernel's
         (livepatch/runpre.py): refused otherwise, before the module is built. Returns the
         namesakes the matching told apart, for sympos."""

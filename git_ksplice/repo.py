@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -204,13 +205,15 @@ class Repo:
         if not rel.parts or self.git_here("check-ignore", "-q", f"{rel}/",
                                            check=False).returncode == 0:
             return None
-        pattern = f"/{rel.as_posix()}/"
+        # gitignore's special characters taken literally
+        pattern = "/" + re.sub(r"([\\*?\[\]!# ])", r"\\\1", rel.as_posix()) + "/"
         exclude = self.common_dir / "info" / "exclude"
         exclude.parent.mkdir(parents=True, exist_ok=True)
         text = exclude.read_text() if exclude.exists() else ""
         with open(exclude, "a") as f:
             f.write(("" if not text or text.endswith("\n") else "\n") + pattern + "\n")
-        return pattern
+        ignored = self.git_here("check-ignore", "-q", f"{rel}/", check=False).returncode == 0
+        return pattern if ignored else None
 
     # -- configuration -------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ _SUFFIXES = (".ko", ".ko.xz")
 def module_name(path: Path) -> str:
     """`nls_iso8859-1.ko` -> `nls_iso8859_1`."""
     name = path.name
-    for suffix in _SUFFIXES:
+    for suffix in (*_SUFFIXES, ".ko.zst"):
         if name.endswith(suffix):
             name = name[:-len(suffix)]
     return name.replace("-", "_")
@@ -53,9 +53,14 @@ class ShippedModules:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.by_name: dict[str, Path] = {}
-        for suffix in _SUFFIXES:
-            for path in sorted(root.rglob(f"*{suffix}")):
-                self.by_name.setdefault(module_name(path), path)
+        #: modules shipped compressed (.ko.xz, .ko.zst: Fedora, Ubuntu): named, not read,
+        #: since the ELF readers take plain files
+        self.compressed: dict[str, Path] = {}
+        for path in sorted(root.rglob("*.ko")):
+            self.by_name.setdefault(module_name(path), path)
+        for pattern in ("*.ko.xz", "*.ko.zst"):
+            for path in sorted(root.rglob(pattern)):
+                self.compressed.setdefault(module_name(path), path)
 
     def find(self, name: str) -> Path | None:
         return self.by_name.get(name.replace("-", "_"))
@@ -74,6 +79,11 @@ class ShippedModules:
             raise InputError(f"shipped modules depend on each other in a circle: "
                              f"{' -> '.join([*path, name])}")
         ko = self.find(name)
+        if ko is None and name in self.compressed:
+            raise InputError(f"module {name} is shipped compressed "
+                             f"({self.compressed[name].name}), which git-ksplice does not "
+                             "read", hint="unpack it beside the others (xz -dk / zstd -d) "
+                                          "in ORIG_CONFIG's modules/")
         if ko is None:
             needed_by = f" (needed by {path[-1]})" if path else ""
             raise InputError(f"no module {name} in {self.root}{needed_by}",

@@ -11,7 +11,8 @@ the module's vermagic is refused at load). Three things decide it beyond the sou
 - **The compiler.** `CONFIG_CC_VERSION_TEXT` in the running kernel's `.config` is the first
   line of its compiler's `--version` (`gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0`). Without a
   `CC=` of the user's, the command that text names (`gcc-12`) is used when it exists, else
-  `gcc`; either way its `--version` must say the same, or the build is refused naming both.
+  kbuild's default (`gcc`, or `clang` with `LLVM=1`); either way its `--version` must say
+  the same, or the build is refused naming both.
 - **The configuration.** `make olddefconfig` into a scratch file must change nothing: Kconfig
   asks the machine (`PAHOLE_VERSION`, the compiler's and linker's versions and features) and
   a missing pahole drops the BTF options, which changes every object. A drift is refused
@@ -78,7 +79,10 @@ def running_kernel(orig: OrigConfig) -> RunningKernel:
                                  compiler)
     vmlinuz = orig.vmlinuz
     if vmlinuz is not None:
-        found_banner = banner(unpack_bzimage(vmlinuz.read_bytes(), str(vmlinuz)))
+        try:
+            found_banner = banner(unpack_bzimage(vmlinuz.read_bytes(), str(vmlinuz)))
+        except (OSError, InputError):
+            found_banner = None  # an image this cannot unpack: the release is not pinned
         if found_banner is not None:
             return RunningKernel(found_banner.release, "the banner in ORIG_CONFIG's vmlinuz",
                                  compiler)
@@ -135,8 +139,16 @@ def check_compiler(running: RunningKernel, make_args: list[str]) -> None:
     `--version`), or the build is refused naming both."""
     if running.compiler is None:
         return
-    cc = next((a.split("=", 1)[1] for a in reversed(make_args) if a.startswith("CC=")), "gcc")
-    words = shlex.split(cc) or ["gcc"]
+    llvm = next((a.split("=", 1)[1] for a in reversed(make_args) if a.startswith("LLVM=")),
+                "")
+    default = "clang" if llvm == "1" else f"clang{llvm}" if llvm.startswith("-") else "gcc"
+    cc = next((a.split("=", 1)[1] for a in reversed(make_args) if a.startswith("CC=")),
+              default)
+    try:
+        words = shlex.split(cc) or [default]
+    except ValueError as e:
+        raise InputError(f"cannot read CC={cc}: {e}", hint="quote it as a shell would") \
+            from None
     way_out = ("install that compiler, or name it: CC=COMMAND in ORIG_CONFIG's flags or "
                "git config ksplice.makeArgs 'CC=COMMAND'")
     try:

@@ -45,10 +45,14 @@ def run(root: str, release: str | None, directory: str | None, as_json: bool) ->
 
 
 def _repository() -> Repo | None:
+    """The repository here, if this is one; git's other complaints (a repository owned by
+    another user, under sudo) are the user's to see, not "not a repository"."""
     try:
         return Repo.discover()
-    except InputError:
-        return None
+    except InputError as e:
+        if "not a git repository" in e.message:
+            return None
+        raise
 
 
 def _destination(directory: str | None, repo: Repo | None) -> Path:

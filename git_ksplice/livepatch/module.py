@@ -98,7 +98,8 @@ class _Resolver:
 
     def __init__(self, tree: Path, orig: OrigConfig, objects: list[PatchedObject],
                  module_image: Callable[[str], Path | None],
-                 running_addresses: dict[str, dict[str, int]] | None = None) -> None:
+                 running_addresses: dict[str, dict[tuple[str | None, str], int]] | None = None
+                 ) -> None:
         self.running_addresses = running_addresses or {}
         self.tree = tree
         self.orig = orig
@@ -181,9 +182,10 @@ class ModuleRequest:
     #: module name -> the running kernel's image of it (its symbol table is what sympos
     #: counts in); None: the pristine tree's built .ko
     module_image: Callable[[str], Path | None] | None = None
-    #: target -> name -> the running address the run-pre check placed a name of several
-    #: namesakes at (livepatch/runpre.py)
-    running_addresses: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: target -> (source file, name) -> the running address the run-pre check placed a
+    #: local of several namesakes at (livepatch/runpre.py)
+    running_addresses: dict[str, dict[tuple[str | None, str], int]] = field(
+        default_factory=dict)
 
 
 @dataclass

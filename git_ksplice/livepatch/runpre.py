@@ -52,6 +52,7 @@ from git_ksplice.elf.model import (
     STT_SECTION,
     ElfObject,
     Reloc,
+    Section,
     Symbol,
     read_object,
 )
@@ -83,8 +84,9 @@ class RunPreReport:
     checked: list[Checked] = field(default_factory=list)
     #: why some target was not checked (no image, no shipped module)
     skipped: list[str] = field(default_factory=list)
-    #: target -> name -> the running address of the one namesake the update's code means
-    resolved: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: target -> (source file, name) -> the running address of the one namesake the
+    #: update's code means
+    resolved: dict[str, dict[tuple[str | None, str], int]] = field(default_factory=dict)
 
 
 class RunningImage:
@@ -95,8 +97,9 @@ class RunningImage:
         self.where = where
         self.segments = _load_segments(data, where)
         self.addresses: dict[str, list[int]] = {}
-        #: name -> the addresses matching told apart among its namesakes (see `resolved`)
-        self.learned: dict[str, set[int]] = {}
+        #: (source file, name) -> the addresses matching placed a local of several
+        #: namesakes at (see `resolved`)
+        self.learned: dict[tuple[str | None, str], set[int]] = {}
         for line in system_map.read_text(errors="replace").splitlines():
             words = line.split()
             if len(words) >= 3:
@@ -105,14 +108,15 @@ class RunningImage:
                 except ValueError:
                     continue
 
-    def learn(self, name: str, address: int) -> None:
+    def learn(self, file: str | None, name: str, address: int) -> None:
         if len(self.addresses.get(name, ())) > 1:
-            self.learned.setdefault(name, set()).add(address)
+            self.learned.setdefault((file, name), set()).add(address)
 
-    def resolved(self) -> dict[str, int]:
-        """Names of several namesakes that matching placed at one address: which one the
-        update means, without the debug package's FILE symbols."""
-        return {name: next(iter(found)) for name, found in self.learned.items()
+    def resolved(self) -> dict[tuple[str | None, str], int]:
+        """The locals of several namesakes that matching placed at one address, by the
+        source file of the object that uses them: which one the update means, without the
+        debug package's FILE symbols."""
+        return {key: next(iter(found)) for key, found in self.learned.items()
                 if len(found) == 1}
 
     def read(self, address: int, size: int) -> bytes | None:
@@ -129,11 +133,18 @@ def _load_segments(data: bytes | mmap.mmap, where: str) -> list[tuple[int, int, 
     phoff = int.from_bytes(data[32:40], "little")
     phnum = int.from_bytes(data[56:58], "little")
     out = []
-    for i in range(phnum):
-        p_type, _flags, offset, vaddr, _paddr, filesz, _memsz, _align = _PHDR.unpack_from(
-            data, phoff + i * _PHDR.size)
-        if p_type == 1:  # PT_LOAD
-            out.append((vaddr, offset, filesz))
+    try:
+        for i in range(phnum):
+            p_type, _flags, offset, vaddr, _paddr, filesz, _memsz, _align = \
+                _PHDR.unpack_from(data, phoff + i * _PHDR.size)
+            if p_type == 1:  # PT_LOAD
+                out.append((vaddr, offset, filesz))
+    except struct.error:
+        out = []
+    if not out:
+        raise InputError(f"{where} has no loadable segments to read the running code from",
+                         hint="ORIG_CONFIG's vmlinux or vmlinuz is damaged: import the "
+                              "kernel again (git ksplice import-kernel)")
     return out
 
 
@@ -141,6 +152,10 @@ def running_image(orig: OrigConfig, cache: Path) -> RunningImage | None:
     """The running vmlinux: the debug one, else vmlinuz unpacked (kept in `cache`, named by
     the image's hash); None when ORIG_CONFIG has neither."""
     if orig.vmlinux is not None:
+        if not orig.vmlinux.is_file() or orig.vmlinux.stat().st_size == 0:
+            raise InputError(f"ORIG_CONFIG's vmlinux ({orig.vmlinux}) is not a kernel image",
+                             hint="put the running kernel's unstripped vmlinux there, or "
+                                  "remove it (vmlinuz serves too)")
         f = open(orig.vmlinux, "rb")  # noqa: SIM115 (kept open with the map)
         return RunningImage(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ),
                             str(orig.vmlinux), orig.system_map)
@@ -182,9 +197,11 @@ def functions_to_check(pre: ElfObject, replaced: list[str]) -> list[Symbol]:
 
 
 def first_difference(fn: Symbol, running: bytes, at: int | None,
-                     image: RunningImage | None) -> int | None:
+                     image: RunningImage | None,
+                     placed: list[tuple[str, int]] | None = None) -> int | None:
     """The offset in `fn` of the first byte the running code (at address `at` of `image`;
-    None for a module's section) does not have, relocation sites masked and checked."""
+    None for a module's section) does not have, relocation sites masked and checked. The
+    locals of several namesakes a site told apart are added to `placed`."""
     assert fn.section is not None
     start, size = fn.value, fn.size
     ours = fn.section.data[start:start + size]
@@ -195,7 +212,7 @@ def first_difference(fn: Symbol, running: bytes, at: int | None,
             for i in range(r.offset - start, min(size, r.offset - start + width)):
                 masked[i] = 1
             if at is not None and image is not None and \
-                    not _lands(r, running, r.offset - start, at, image):
+                    not _lands(r, running, r.offset - start, at, image, placed):
                 return r.offset - start
     for i in range(size):
         if not masked[i] and ours[i] != running[i]:
@@ -203,7 +220,8 @@ def first_difference(fn: Symbol, running: bytes, at: int | None,
     return None
 
 
-def _lands(r: Reloc, running: bytes, offset: int, at: int, image: RunningImage) -> bool:
+def _lands(r: Reloc, running: bytes, offset: int, at: int, image: RunningImage,
+           placed: list[tuple[str, int]] | None) -> bool:
     """Whether the running bytes at a relocation site hold what it must resolve to: a named
     symbol's address, or a string literal with our string's contents."""
     width = _WIDTH.get(r.type)
@@ -222,8 +240,8 @@ def _lands(r: Reloc, running: bytes, offset: int, at: int, image: RunningImage) 
     mask = (1 << (8 * width)) - 1
     hits = [s for s in candidates
             if (s + r.addend - (site if pc_relative else 0)) & mask == value]
-    if len(hits) == 1:
-        image.learn(r.symbol.name, hits[0])
+    if len(hits) == 1 and r.symbol.is_local and placed is not None:
+        placed.append((r.symbol.name, hits[0]))
     return bool(hits)
 
 
@@ -267,12 +285,14 @@ def check_vmlinux_object(image: RunningImage, pre_path: Path, rel: str,
             continue  # a callee the running kernel inlined everywhere
         differences = []
         match = None
+        placed: list[tuple[str, int]] = []
         for address in candidates:
             running = image.read(address, fn.size)
             if running is None:
                 differences.append((address, 0))
                 continue
-            at = first_difference(fn, running, address, image)
+            placed = []
+            at = first_difference(fn, running, address, image, placed)
             if at is None:
                 match = address
                 break
@@ -285,7 +305,10 @@ def check_vmlinux_object(image: RunningImage, pre_path: Path, rel: str,
                 + (f" (and {count(len(candidates) - 1, 'other namesake')})"
                    if len(candidates) > 1 else ""),
                 hint=f"likely cause: {_LIKELY_CAUSE}")
-        image.learn(fn.name, match)
+        # What the matching namesake's sites reach, and the namesake itself, is what this
+        # object's code means: learned for sympos (only from the match).
+        for name, address in [*placed, *([(fn.name, match)] if fn.is_local else [])]:
+            image.learn(fn.file, name, address)
         checked.append(Checked("vmlinux", fn.name, match))
     return checked
 
@@ -315,18 +338,64 @@ def check_module_object(ko: Path, pre_path: Path, rel: str, target: str,
 
 
 def _module_difference(fn: Symbol, other: Symbol) -> int | None:
-    """Where `fn` differs from the shipped module's `other`: a size apart, or the first byte
-    outside both sides' relocation sites (the shipped one's take our bytes: not compared)."""
+    """Where `fn` differs from the shipped module's `other`: a size apart, a relocation
+    site that does not reach what ours reaches, or the first byte outside the sites."""
     assert fn.section is not None and other.section is not None
     if other.size != fn.size:
         return min(fn.size, other.size)
     ours = fn.section.data[fn.value:fn.value + fn.size]
     running = bytearray(other.section.data[other.value:other.value + other.size])
-    for r in other.section.relocs:
-        start = r.offset - other.value
-        for i in range(max(0, start), min(len(running), start + _WIDTH.get(r.type, 4))):
+    theirs = {r.offset - other.value: r for r in other.section.relocs
+              if other.value <= r.offset < other.value + other.size}
+    for r in fn.section.relocs:
+        offset = r.offset - fn.value
+        if not 0 <= offset < fn.size:
+            continue
+        shipped = theirs.get(offset)
+        if not (_same_target(r, shipped) if shipped is not None
+                else _reaches_in_section(r, offset, other, bytes(running))):
+            return offset
+    # The sites of both sides are not compared byte for byte: theirs take our bytes.
+    for offset, r in theirs.items():
+        for i in range(max(0, offset), min(len(running), offset + _WIDTH.get(r.type, 4))):
             running[i] = ours[i]
     return first_difference(fn, bytes(running), None, None)
+
+
+def _same_target(ours: Reloc, theirs: Reloc) -> bool:
+    """Two relocations of the same site reach the same thing: the same named symbol and
+    addend, or the same string; other section targets (jump tables) are not compared."""
+    calls = (R_X86_64_PC32, R_X86_64_PLT32)
+    if ours.type != theirs.type and not (ours.type in calls and theirs.type in calls):
+        return False
+    if ours.symbol.type != STT_SECTION or theirs.symbol.type != STT_SECTION:
+        return (ours.symbol.name, ours.addend) == (theirs.symbol.name, theirs.addend)
+    a, b = ours.symbol.section, theirs.symbol.section
+    if a is None or b is None or not (a.flags & b.flags & SHF_STRINGS):
+        return True
+    # A string section's merged layout differs between builds: compare the strings, at the
+    # offsets a PC-relative field ending its instruction (or one before an immediate) reads.
+    shifts = (4, 5, 6, 8) if ours.type in calls else (0,)
+    return any(_string(a, ours.addend + n) == _string(b, theirs.addend + n) != b""
+               for n in shifts)
+
+
+def _string(section: Section, offset: int) -> bytes:
+    if not 0 <= offset < len(section.data):
+        return b""
+    return section.data[offset:section.data.find(b"\0", offset) + 1]
+
+
+def _reaches_in_section(r: Reloc, offset: int, other: Symbol, running: bytes) -> bool:
+    """A site our object relocates but the shipped module does not: the assembler resolved
+    it (a call to a function of the same section, built without function sections). Its
+    displacement must reach the shipped symbol of the name ours names."""
+    if r.type not in (R_X86_64_PC32, R_X86_64_PLT32) or r.symbol.type == STT_SECTION:
+        return True
+    assert other.section is not None
+    value = int.from_bytes(running[offset:offset + 4], "little", signed=True)
+    reached = other.value + offset + value - r.addend
+    return any(s.name == r.symbol.name and s.value == reached for s in other.section.symbols)
 
 
 def check_run_pre(objects: list[tuple[str, str, Path, list[str]]], orig: OrigConfig,
@@ -335,21 +404,27 @@ def check_run_pre(objects: list[tuple[str, str, Path, list[str]]], orig: OrigCon
     pristine object, names of the functions it replaces in the pristine object)."""
     report = RunPreReport()
     image: RunningImage | None = None
+    no_image = False
     for target, rel, pristine, replaced in objects:
-        if not replaced or not pristine.exists():
+        if not replaced:
             continue  # only new code: nothing running to compare with
+        if not pristine.exists():
+            report.skipped.append(f"{rel}: no pristine object to compare")
+            continue
         if target == "vmlinux":
-            if image is None:
+            if image is None and not no_image:
                 image = running_image(orig, cache)
-                if image is None:
-                    report.skipped.append("vmlinux: ORIG_CONFIG has neither vmlinux nor "
-                                          "vmlinuz (git ksplice import-kernel copies vmlinuz)")
-                    return report
+                no_image = image is None
+            if image is None:
+                report.skipped.append(f"{rel}: ORIG_CONFIG has neither vmlinux nor vmlinuz "
+                                      "(git ksplice import-kernel copies vmlinuz)")
+                continue
             report.checked += check_vmlinux_object(image, pristine, rel, replaced)
             continue
         ko = shipped_module(orig, target)
         if ko is None:
-            report.skipped.append(f"{target}: no shipped module in ORIG_CONFIG's modules/")
+            report.skipped.append(f"{rel}: module {target} is not among ORIG_CONFIG's "
+                                  "modules/ (or is shipped compressed)")
             continue
         report.checked += check_module_object(ko, pristine, rel, target, replaced)
     if image is not None:

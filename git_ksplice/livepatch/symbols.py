@@ -126,9 +126,9 @@ class ObjectSymbols:
         for s in located:
             if s.block >= 0:
                 self._blocks[s.block].add(s.name)
-        #: name -> the running address the run-pre check matched it at (runpre.py), for a
-        #: name of several namesakes
-        self.known: dict[str, int] = {}
+        #: (source file, name) -> the running address the run-pre check placed a local of
+        #: several namesakes at (runpre.py): which one an object of that file means
+        self.known: dict[tuple[str | None, str], int] = {}
 
     def exists(self, name: str) -> bool:
         return name in self._by_name
@@ -158,11 +158,6 @@ class ObjectSymbols:
 
     def _ours(self, cands: list[KSym], *, local: bool, file: str | None,
               neighbours: set[str]) -> KSym:
-        known = self.known.get(cands[0].name)
-        if known is not None and self.order is None:
-            matched = [c for c in cands if c.value == known]
-            if len(matched) == 1:
-                return matched[0]
         if not local:
             globals_ = [c for c in cands if not c.local]
             if len(globals_) == 1:
@@ -180,9 +175,22 @@ class ObjectSymbols:
             if len(self._blocks[scored[0].block] & neighbours) > len(
                     self._blocks[scored[1].block] & neighbours):
                 return scored[0]
+        placed = self._placed(pool, local=local, file=file)
+        if placed is not None:
+            return placed
         raise RefusedError(f"cannot tell which of {len(pool)} symbols named {cands[0].name} "
                            f"in {self.name} is the one from {file or 'this object'}",
                            hint="put the running kernel's unstripped vmlinux in ORIG_CONFIG")
+
+
+    def _placed(self, pool: list[KSym], *, local: bool, file: str | None) -> KSym | None:
+        """The namesake the run-pre check found this file's code to use, when the symbols
+        are the running kernel's own (their addresses are the ones matched)."""
+        known = self.known.get((file, pool[0].name)) if local else None
+        if known is None or self.order is not None:
+            return None
+        matched = [c for c in pool if c.value == known]
+        return matched[0] if len(matched) == 1 else None
 
 
 def vmlinux_symbols(orig: OrigConfig, pristine_vmlinux: Path | None) -> ObjectSymbols:

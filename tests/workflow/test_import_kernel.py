@@ -133,9 +133,38 @@ def test_another_kernels_vmlinux_in_orig_config_is_not_left_beside_the_import(
     stale = (b"\x7fELF" + bytes(64) + b"Linux version 5.10.0 (u@h) (gcc (GCC) 10.2.1, GNU ld "
              b"2.35) #1 SMP\n")
     (dest / "vmlinux").write_bytes(stale)
+    (dest / "kernel.json").write_text('{"release": "5.10.0"}')  # an earlier import
     with pytest.raises(InputError, match="is kernel 5.10.0's, not " + R):
         import_kernel(tmp_path / "root", R, dest)
-    assert (dest / "vmlinux").read_bytes() == stale and not (dest / "kernel.json").exists()
+    assert (dest / "vmlinux").read_bytes() == stale
+
+
+def test_a_hand_made_orig_config_is_not_replaced(tmp_path: Path) -> None:
+    _fedora(tmp_path / "root")
+    dest = tmp_path / "orig"
+    dest.mkdir()
+    (dest / ".config").write_text("CONFIG_MINE=y\n")
+    with pytest.raises(InputError, match="holds files import-kernel did not write "
+                                         r"\(\.config\)"):
+        import_kernel(tmp_path / "root", R, dest)
+    assert (dest / ".config").read_text() == "CONFIG_MINE=y\n"
+
+
+def test_an_interrupted_import_is_refused_then_redone(tmp_path: Path) -> None:
+    """Killed mid-copy: the marker stays, create refuses the directory, the next import
+    writes it whole; parts the new import lacks are not left from the old one."""
+    _fedora(tmp_path / "root")
+    dest = tmp_path / "orig"
+    import_kernel(tmp_path / "root", R, dest)
+    (dest / "Module.symvers").write_text("0x1\tstale\tvmlinux\tEXPORT_SYMBOL\n")
+    (dest / "import-incomplete").write_text("")
+    (dest / "kernel.json").unlink()
+    with pytest.raises(InputError, match="half written"):
+        OrigConfig(dest).check()
+    import_kernel(tmp_path / "root", R, dest)
+    OrigConfig(dest).check()
+    assert not (dest / "Module.symvers").exists()  # this kernel ships none
+    assert (dest / ".config").stat().st_nlink == 1  # a copy: editing it edits no package
 
 
 def test_a_second_import_replaces_the_first(tmp_path: Path) -> None:

@@ -12,8 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from git_ksplice.errors import RefusedError
-from git_ksplice.livepatch.runpre import RunningImage, check_module_object, check_vmlinux_object
+from git_ksplice.errors import InputError, RefusedError
+from git_ksplice.livepatch.runpre import (
+    RunningImage,
+    check_module_object,
+    check_run_pre,
+    check_vmlinux_object,
+    running_image,
+)
+from git_ksplice.origconfig import OrigConfig
 
 FLAGS = ["-O2", "-mcmodel=kernel", "-fno-pic", "-mno-red-zone",
          "-fno-asynchronous-unwind-tables", "-c"]
@@ -97,6 +104,40 @@ def test_a_module_is_compared_with_the_shipped_ko(tmp_path: Path) -> None:
     shipped = _compile(tmp_path, "shipped", UNIT)
     checked = check_module_object(shipped, _pristine(tmp_path), "a.o", "mod", ["show"])
     assert {c.function for c in checked} == {"show", "scale"}
-    other = _compile(tmp_path, "other", UNIT, factor=5)
-    with pytest.raises(RefusedError, match=r"scale .* shipped module other\.o"):
+
+
+@pytest.mark.parametrize(("shipped", "refused"), [
+    ({"factor": 5}, "scale"),  # other code in a callee
+    ({"emit": "emit_other"}, "show"),  # a call relocated to another function
+    ({"label": '"value= "'}, "show"),  # another string literal
+])
+def test_another_module_is_refused(tmp_path: Path, shipped: dict, refused: str) -> None:
+    other = _compile(tmp_path, "other", UNIT, **shipped)
+    with pytest.raises(RefusedError, match=rf"{refused} .* shipped module other\.o"):
         check_module_object(other, _pristine(tmp_path), "a.o", "mod", ["show"])
+
+
+def test_a_damaged_running_image_is_named(tmp_path: Path) -> None:
+    orig = tmp_path / "orig"
+    orig.mkdir()
+    (orig / "System.map").write_text("ffffffff81000000 T show\n")
+    (orig / "vmlinux").write_bytes(b"")
+    with pytest.raises(InputError, match="is not a kernel image"):
+        running_image(OrigConfig(orig), tmp_path / "cache")
+    (orig / "vmlinux").write_bytes(b"\x7fELF\x02" + bytes(59))  # no program headers
+    with pytest.raises(InputError, match="no loadable segments"):
+        running_image(OrigConfig(orig), tmp_path / "cache")
+
+
+def test_what_was_not_checked_is_said(tmp_path: Path) -> None:
+    """No image for vmlinux does not skip the module objects after it."""
+    orig = tmp_path / "orig"
+    orig.mkdir()
+    (orig / "System.map").write_text("ffffffff81000000 T show\n")
+    pre = _pristine(tmp_path)
+    report = check_run_pre([("vmlinux", "a.o", pre, ["show"]),
+                            ("mod", "m.o", pre, ["show"]),
+                            ("vmlinux", "gone.o", tmp_path / "gone.o", ["f"])],
+                           OrigConfig(orig), tmp_path / "cache")
+    assert report.checked == []
+    assert [s.split(":")[0] for s in report.skipped] == ["a.o", "m.o", "gone.o"]
