@@ -36,10 +36,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from git_ksplice.errors import InputError
-from git_ksplice.kernel_image import Banner, banner, read_kallsyms, system_map, unpack_bzimage
-from git_ksplice.origconfig import INCOMPLETE, KERNEL_JSON
+from git_ksplice.kernel_image import (
+    Banner,
+    banner,
+    banner_in_file,
+    read_kallsyms,
+    system_map,
+    unpack_bzimage,
+)
+from git_ksplice.origconfig import INCOMPLETE, KERNEL_JSON, read_config
 from git_ksplice.shipped_modules import modinfo
-from git_ksplice.toolchain import banner_in_file, read_config
 
 
 @dataclass(frozen=True)
@@ -241,6 +247,14 @@ def _check_banner(report: ImportReport, parts: dict[str, Found]) -> None:
         raise InputError(f"{where} is kernel {b.release}, not {release}",
                          hint="the files under ROOT mix two kernels: unpack one kernel's "
                               "packages, matching versions")
+    if "vmlinuz" in parts and "vmlinux" in parts:
+        # Two uploads of one ABI release share the release; the banner names the build.
+        debug = banner_in_file(parts["vmlinux"].path)
+        if debug is None or debug.text != b.text:
+            raise InputError(f"{parts['vmlinux'].path} is not the build of "
+                             f"{parts['vmlinuz'].path}: its banner is "
+                             f"{debug.text if debug else 'missing'!r}, the image's {b.text!r}",
+                             hint="unpack the debug package of the same upload as the image")
     wanted = config.get("CONFIG_CC_VERSION_TEXT", "").strip('"')
     if wanted and wanted != b.compiler:
         raise InputError(f"{parts['.config'].path} was made with '{wanted}', but the kernel "
@@ -362,9 +376,10 @@ def _check_destination(destination: Path, report: ImportReport) -> None:
     stale = destination / "vmlinux"
     if "vmlinux" not in imported and stale.exists() and report.banner is not None:
         other = banner_in_file(stale)
-        if other is not None and other.release != report.release:
-            raise InputError(f"{stale} is kernel {other.release}'s, not {report.release}'s, "
-                             "and this import has no debug vmlinux to replace it",
+        if other is not None and other.text != report.banner.text:
+            raise InputError(f"{stale} is another build's ({other.text!r}), not "
+                             f"{report.release}'s, and this import has no debug vmlinux to "
+                             "replace it",
                              hint=f"remove it (rm {stale}) or import into another directory")
 
 

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import bz2
 import lzma
+import mmap
 import re
 import struct
 import zlib
 from dataclasses import dataclass
 from itertools import pairwise
+from pathlib import Path
 
 from git_ksplice.errors import InputError
 
@@ -282,10 +284,25 @@ def _expand(entry: bytes, table: list[bytes]) -> str:
     return b"".join(table[t] for t in entry).decode("utf-8", "replace")
 
 
+def banner_in_file(path: Path) -> Banner | None:
+    """A vmlinux's banner, read without loading the (633 MB) file."""
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            at = m.find(b"Linux version ")
+            while at >= 0:
+                found = banner(m[at:at + 512])
+                if found is not None:
+                    return found
+                at = m.find(b"Linux version ", at + 1)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def system_map(entries: list[KallsymsEntry]) -> str:
     """The symbols as System.map lines (`ADDRESS TYPE NAME`), in kallsyms order."""
     return "".join(f"{e.address:016x} {e.type} {e.name}\n" for e in entries)
 
 
-__all__ = ["Banner", "KallsymsEntry", "banner", "read_kallsyms", "system_map",
+__all__ = ["Banner", "KallsymsEntry", "banner", "banner_in_file", "read_kallsyms", "system_map",
            "unpack_bzimage"]

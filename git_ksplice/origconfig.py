@@ -95,6 +95,22 @@ def _check_architecture(path: Path, settings: list[str]) -> None:
                              "builds x86_64 kernels")
 
 
+_SETTING = re.compile(r"^(CONFIG_\w+)=(.*)$|^# (CONFIG_\w+) is not set$")
+
+
+def read_config(path: Path) -> dict[str, str]:
+    """A .config's settings: name -> value, `n` for `# CONFIG_X is not set`."""
+    out = {}
+    for line in path.read_text(errors="replace").splitlines():
+        m = _SETTING.match(line.strip())
+        if m:
+            if m.group(3):
+                out[m.group(3)] = "n"
+            else:
+                out[m.group(1)] = m.group(2)
+    return out
+
+
 @dataclass(frozen=True)
 class OrigConfig:
     """ORIG_CONFIG: what describes the running kernel."""

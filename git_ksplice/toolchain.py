@@ -21,8 +21,6 @@ the module's vermagic is refused at load). Three things decide it beyond the sou
 
 from __future__ import annotations
 
-import mmap
-import re
 import shlex
 import shutil
 import subprocess
@@ -31,10 +29,9 @@ from pathlib import Path
 
 from git_ksplice.errors import InputError
 from git_ksplice.kbuild import make_environment
-from git_ksplice.kernel_image import Banner, banner, unpack_bzimage
-from git_ksplice.origconfig import KERNEL_JSON, OrigConfig
+from git_ksplice.kernel_image import banner, banner_in_file, unpack_bzimage
+from git_ksplice.origconfig import KERNEL_JSON, OrigConfig, read_config
 
-_SETTING = re.compile(r"^(CONFIG_\w+)=(.*)$|^# (CONFIG_\w+) is not set$")
 #: option prefix -> the likely cause of its drift, first match wins
 _DRIFT_CAUSES = (
     ("CONFIG_PAHOLE", "pahole is missing or another version here (Debian: apt-get install "
@@ -87,34 +84,6 @@ def running_kernel(orig: OrigConfig) -> RunningKernel:
             return RunningKernel(found_banner.release, "the banner in ORIG_CONFIG's vmlinuz",
                                  compiler)
     return RunningKernel(None, "", compiler)
-
-
-def banner_in_file(path: Path) -> Banner | None:
-    """A vmlinux's banner, read without loading the (633 MB) file."""
-    try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            at = m.find(b"Linux version ")
-            while at >= 0:
-                found = banner(m[at:at + 512])
-                if found is not None:
-                    return found
-                at = m.find(b"Linux version ", at + 1)
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def read_config(path: Path) -> dict[str, str]:
-    """A .config's settings: name -> value, `n` for `# CONFIG_X is not set`."""
-    out = {}
-    for line in path.read_text(errors="replace").splitlines():
-        m = _SETTING.match(line.strip())
-        if m:
-            if m.group(3):
-                out[m.group(3)] = "n"
-            else:
-                out[m.group(1)] = m.group(2)
-    return out
 
 
 def pinned_make_args(running: RunningKernel, make_args: list[str]) -> list[str]:
@@ -195,5 +164,5 @@ def count_options(n: int) -> str:
     return f"{n} option{'s' if n != 1 else ''} changed"
 
 
-__all__ = ["RunningKernel", "banner_in_file", "check_compiler", "config_drift",
-           "pinned_make_args", "read_config", "refuse_drift", "running_kernel"]
+__all__ = ["RunningKernel", "check_compiler", "config_drift",
+           "pinned_make_args", "refuse_drift", "running_kernel"]

@@ -134,7 +134,7 @@ def test_another_kernels_vmlinux_in_orig_config_is_not_left_beside_the_import(
              b"2.35) #1 SMP\n")
     (dest / "vmlinux").write_bytes(stale)
     (dest / "kernel.json").write_text('{"release": "5.10.0"}')  # an earlier import
-    with pytest.raises(InputError, match="is kernel 5.10.0's, not " + R):
+    with pytest.raises(InputError, match=r"is another build's \('Linux version 5\.10\.0"):
         import_kernel(tmp_path / "root", R, dest)
     assert (dest / "vmlinux").read_bytes() == stale
 
@@ -213,3 +213,26 @@ def test_the_repositorys_orig_config_is_kept_out_of_git(tmp_path: Path) -> None:
                             text=True, check=True).stdout
     assert status == "?? Makefile\n", status
     assert (repo / "ksplice/kernel.json").is_file()
+
+
+def test_a_debug_vmlinux_of_another_upload_is_refused(tmp_path: Path) -> None:
+    """Same release, another build: the banners differ."""
+    _fedora(tmp_path / "root")
+    debug = tmp_path / "root/usr/lib/debug/lib/modules" / R / "vmlinux"
+    debug.parent.mkdir(parents=True)
+    debug.write_bytes(b"\x7fELF" + bytes(64) + f"Linux version {R} (mockbuild@fedora) "
+                      f"({GCC}, GNU ld version 2.99) #2 SMP PREEMPT_DYNAMIC\n".encode())
+    with pytest.raises(InputError, match="is not the build of"):
+        import_kernel(tmp_path / "root", R, tmp_path / "orig")
+    assert not (tmp_path / "orig").exists()
+
+
+def test_the_debug_vmlinux_of_the_same_build_is_imported(tmp_path: Path) -> None:
+    _fedora(tmp_path / "root")
+    debug = tmp_path / "root/usr/lib/debug/lib/modules" / R / "vmlinux"
+    debug.parent.mkdir(parents=True)
+    debug.write_bytes(b"\x7fELF" + bytes(64) + f"Linux version {R} (mockbuild@fedora) "
+                      f"({GCC}, GNU ld version 2.99) #1 SMP PREEMPT_DYNAMIC\n".encode())
+    report = import_kernel(tmp_path / "root", R, tmp_path / "orig")
+    assert "vmlinux" not in report.missing
+    assert (tmp_path / "orig/vmlinux").read_bytes() == debug.read_bytes()
