@@ -11,6 +11,7 @@ a modules.dep, so that a check can `modprobe` one after the update is loaded.
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -139,6 +140,8 @@ def run(tarball: str, kernel: str | None, check: str | None, modules: tuple[str,
     orig = repository_orig_config()
     shipped = ShippedModules(orig.modules) if orig is not None and orig.modules else None
     release = (orig.imported() or {}).get("release") if orig is not None else None
+    if not isinstance(release, str) or not re.fullmatch(r"[\w.+~-]+", release):
+        release = None  # not a release a directory can be named after: no modprobe tree
     files = {"ksplice/update.ko": ko,
              **_guest_module_directory(targets, shipped, release)}
     names: list[str] = []
