@@ -58,6 +58,15 @@ def _fedora(root: Path, release: str = R, *, compiler: str = GCC,
     return mods
 
 
+def _debug_vmlinux(root: Path, *, build: int) -> Path:
+    """Fedora's debug vmlinux of build #`build` (the image of `_fedora` is #1)."""
+    debug = root / "usr/lib/debug/lib/modules" / R / "vmlinux"
+    debug.parent.mkdir(parents=True)
+    debug.write_bytes(b"\x7fELF" + bytes(64) + f"Linux version {R} (mockbuild@fedora) "
+                      f"({GCC}, GNU ld version 2.99) #{build} SMP PREEMPT_DYNAMIC\n".encode())
+    return debug
+
+
 def test_a_fedora_layout_is_imported_and_pins_the_release(tmp_path: Path) -> None:
     _fedora(tmp_path / "root")
     dest = tmp_path / "orig"
@@ -218,10 +227,7 @@ def test_the_repositorys_orig_config_is_kept_out_of_git(tmp_path: Path) -> None:
 def test_a_debug_vmlinux_of_another_upload_is_refused(tmp_path: Path) -> None:
     """Same release, another build: the banners differ."""
     _fedora(tmp_path / "root")
-    debug = tmp_path / "root/usr/lib/debug/lib/modules" / R / "vmlinux"
-    debug.parent.mkdir(parents=True)
-    debug.write_bytes(b"\x7fELF" + bytes(64) + f"Linux version {R} (mockbuild@fedora) "
-                      f"({GCC}, GNU ld version 2.99) #2 SMP PREEMPT_DYNAMIC\n".encode())
+    _debug_vmlinux(tmp_path / "root", build=2)
     with pytest.raises(InputError, match="is not the build of"):
         import_kernel(tmp_path / "root", R, tmp_path / "orig")
     assert not (tmp_path / "orig").exists()
@@ -229,10 +235,7 @@ def test_a_debug_vmlinux_of_another_upload_is_refused(tmp_path: Path) -> None:
 
 def test_the_debug_vmlinux_of_the_same_build_is_imported(tmp_path: Path) -> None:
     _fedora(tmp_path / "root")
-    debug = tmp_path / "root/usr/lib/debug/lib/modules" / R / "vmlinux"
-    debug.parent.mkdir(parents=True)
-    debug.write_bytes(b"\x7fELF" + bytes(64) + f"Linux version {R} (mockbuild@fedora) "
-                      f"({GCC}, GNU ld version 2.99) #1 SMP PREEMPT_DYNAMIC\n".encode())
+    debug = _debug_vmlinux(tmp_path / "root", build=1)
     report = import_kernel(tmp_path / "root", R, tmp_path / "orig")
     assert "vmlinux" not in report.missing
     assert (tmp_path / "orig/vmlinux").read_bytes() == debug.read_bytes()
