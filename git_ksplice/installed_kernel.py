@@ -221,8 +221,9 @@ def _read_image(found: Found | None) -> bytes | None:
         data = found.path.read_bytes()
     except OSError as e:
         raise InputError(f"cannot read {found.path}: {e.strerror}",
-                         hint="run import-kernel as a user who can read it (sudo), or copy "
-                              "it somewhere readable and import from there") from None
+                         hint="Ubuntu's /boot files are root's: copy them readable to a "
+                              "ROOT of yours (sudo install -m 644 -D FILE ROOT/boot/NAME) "
+                              "and import from there, as yourself") from None
     return unpack_bzimage(data, str(found.path))
 
 
