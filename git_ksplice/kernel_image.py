@@ -107,7 +107,11 @@ def banner(image: bytes) -> Banner | None:
     """The `Linux version ...` string the image holds, or None. Since 6.1 an image holds two:
     init/version.o's, built before the build number is known (`# SMP ...`), and the one
     linked last, init/version-timestamp.o's (`#1 SMP ...`), which the kernel prints."""
-    matches = list(_BANNER.finditer(image))
+    return _preferred(list(_BANNER.finditer(image)))
+
+
+def _preferred(matches: list[re.Match[bytes]]) -> Banner | None:
+    """The banner the kernel prints among those found: the one with a build number."""
     if not matches:
         return None
     m = next((m for m in matches if re.search(rb"\) #\d", m.group(0))), matches[0])
@@ -285,18 +289,20 @@ def _expand(entry: bytes, table: list[bytes]) -> str:
 
 
 def banner_in_file(path: Path) -> Banner | None:
-    """A vmlinux's banner, read without loading the (633 MB) file."""
+    """A vmlinux's banner, read without loading the (633 MB) file: the one `banner` would
+    choose."""
+    matches = []
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
             at = m.find(b"Linux version ")
             while at >= 0:
-                found = banner(m[at:at + 512])
+                found = _BANNER.match(m[at:at + 512])
                 if found is not None:
-                    return found
+                    matches.append(found)
                 at = m.find(b"Linux version ", at + 1)
     except (OSError, ValueError):
         return None
-    return None
+    return _preferred(matches)
 
 
 def system_map(entries: list[KallsymsEntry]) -> str:

@@ -11,7 +11,7 @@ import struct
 import pytest
 
 from git_ksplice.errors import InputError
-from git_ksplice.kernel_image import banner, read_kallsyms, unpack_bzimage
+from git_ksplice.kernel_image import banner, banner_in_file, read_kallsyms, unpack_bzimage
 
 
 def _bzimage(payload: bytes, *, protocol: int = 0x20f, length: int | None = None) -> bytes:
@@ -64,3 +64,18 @@ def test_the_banner_names_release_and_compiler() -> None:
     assert found is not None and found.release == "6.1.0-57-amd64"
     assert found.compiler == "gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0"
     assert banner(b"no banner here") is None
+
+
+def test_a_file_gives_the_banner_the_kernel_prints(tmp_path) -> None:
+    """6.1's vmlinux holds init/version.o's banner (`# SMP`) before the one with the build
+    number: read from memory or from a file, the same one is chosen."""
+    head = (b"Linux version 6.1.0-57-amd64 (debian-kernel@lists.debian.org) (gcc-12 (Debian "
+            b"12.2.0-14+deb12u1) 12.2.0, GNU ld (GNU Binutils for Debian) 2.40) ")
+    image = (b"\x7fELF" + bytes(32) + head + b"# SMP PREEMPT_DYNAMIC\n\x00" + bytes(64)
+             + head + b"#1 SMP PREEMPT_DYNAMIC Debian 6.1.192-3 (2026-11-26)\n\x00")
+    (tmp_path / "vmlinux").write_bytes(image)
+    from_memory, from_file = banner(image), banner_in_file(tmp_path / "vmlinux")
+    assert from_memory is not None and "#1 SMP" in from_memory.text
+    assert from_file == from_memory
+    (tmp_path / "empty").write_bytes(b"")
+    assert banner_in_file(tmp_path / "empty") is None
