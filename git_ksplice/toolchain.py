@@ -31,6 +31,7 @@ from git_ksplice.errors import InputError
 from git_ksplice.kbuild import make_environment
 from git_ksplice.kernel_image import banner, banner_in_file, unpack_bzimage
 from git_ksplice.origconfig import KERNEL_JSON, OrigConfig, read_config
+from git_ksplice.words import count
 
 #: option prefix -> the likely cause of its drift, first match wins
 _DRIFT_CAUSES = (
@@ -100,7 +101,13 @@ def pinned_make_args(running: RunningKernel, make_args: list[str]) -> list[str]:
 
 
 def _given(args: list[str], name: str) -> bool:
-    return any(a.startswith(name + "=") for a in args)
+    return _last_value(args, name) is not None
+
+
+def _last_value(args: list[str], name: str) -> str | None:
+    """The value of make's `NAME=...` among `args` (the last one: make takes it)."""
+    return next((a.split("=", 1)[1] for a in reversed(args) if a.startswith(name + "=")),
+                None)
 
 
 def check_compiler(running: RunningKernel, make_args: list[str]) -> None:
@@ -108,11 +115,9 @@ def check_compiler(running: RunningKernel, make_args: list[str]) -> None:
     `--version`), or the build is refused naming both."""
     if running.compiler is None:
         return
-    llvm = next((a.split("=", 1)[1] for a in reversed(make_args) if a.startswith("LLVM=")),
-                "")
+    llvm = _last_value(make_args, "LLVM") or ""
     default = "clang" if llvm == "1" else f"clang{llvm}" if llvm.startswith("-") else "gcc"
-    cc = next((a.split("=", 1)[1] for a in reversed(make_args) if a.startswith("CC=")),
-              default)
+    cc = _last_value(make_args, "CC") or default
     try:
         words = shlex.split(cc) or [default]
     except ValueError as e:
@@ -155,13 +160,10 @@ def refuse_drift(drift: list[tuple[str, str | None, str | None]]) -> None:
                                   "not its build configuration (Debian's is the headers "
                                   "package's, not /boot's)")
     raise InputError(f"this machine's Kconfig changes the running kernel's configuration: "
-                     f"{count_options(len(drift))} ({shown}{'; ...' if len(drift) > 8 else ''})"
+                     f"{count(len(drift), 'option')} changed "
+                     f"({shown}{'; ...' if len(drift) > 8 else ''})"
                      ": every object would differ from the running kernel's",
                      hint=f"likely cause: {cause}")
-
-
-def count_options(n: int) -> str:
-    return f"{n} option{'s' if n != 1 else ''} changed"
 
 
 __all__ = ["RunningKernel", "check_compiler", "config_drift",

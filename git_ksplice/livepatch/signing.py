@@ -18,6 +18,7 @@ from pathlib import Path
 
 from git_ksplice.errors import BuildError, InputError
 from git_ksplice.kbuild import make_environment
+from git_ksplice.origconfig import read_config
 
 #: What sign-file appends last (include/linux/module_signature.h's MODULE_SIG_STRING).
 SIGNATURE_MARKER = b"~Module signature appended~\n"
@@ -25,10 +26,7 @@ SIGNATURE_MARKER = b"~Module signature appended~\n"
 
 def signature_hash(dot_config: Path) -> str:
     """CONFIG_MODULE_SIG_HASH of the running kernel's configuration, or sha256."""
-    for line in dot_config.read_text(errors="replace").splitlines():
-        if line.startswith("CONFIG_MODULE_SIG_HASH="):
-            return line.split("=", 1)[1].strip().strip('"') or "sha256"
-    return "sha256"
+    return read_config(dot_config).get("CONFIG_MODULE_SIG_HASH", "").strip('"') or "sha256"
 
 
 def sign_file_tool(tree: Path, work: Path) -> Path:
