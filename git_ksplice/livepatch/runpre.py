@@ -58,6 +58,7 @@ from git_ksplice.elf.model import (
 )
 from git_ksplice.errors import InputError, RefusedError
 from git_ksplice.kernel_image import unpack_bzimage
+from git_ksplice.livepatch.symbols import read_system_map
 from git_ksplice.origconfig import OrigConfig
 from git_ksplice.shipped_modules import ShippedModules
 from git_ksplice.words import count
@@ -100,13 +101,8 @@ class RunningImage:
         #: (source file, name) -> the addresses matching placed a local of several
         #: namesakes at (see `resolved`)
         self.learned: dict[tuple[str | None, str], set[int]] = {}
-        for line in system_map.read_text(errors="replace").splitlines():
-            words = line.split()
-            if len(words) >= 3:
-                try:
-                    self.addresses.setdefault(words[2], []).append(int(words[0], 16))
-                except ValueError:
-                    continue
+        for address, name in read_system_map(system_map):
+            self.addresses.setdefault(name, []).append(address)
 
     def learn(self, file: str | None, name: str, address: int) -> None:
         if len(self.addresses.get(name, ())) > 1:
@@ -156,9 +152,7 @@ def running_image(orig: OrigConfig, cache: Path) -> RunningImage | None:
             raise InputError(f"ORIG_CONFIG's vmlinux ({orig.vmlinux}) is not a kernel image",
                              hint="put the running kernel's unstripped vmlinux there, or "
                                   "remove it (vmlinuz serves too)")
-        f = open(orig.vmlinux, "rb")  # noqa: SIM115 (kept open with the map)
-        return RunningImage(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ),
-                            str(orig.vmlinux), orig.system_map)
+        return RunningImage(_mapped(orig.vmlinux), str(orig.vmlinux), orig.system_map)
     if orig.vmlinuz is None:
         return None
     packed = orig.vmlinuz.read_bytes()
@@ -170,7 +164,13 @@ def running_image(orig: OrigConfig, cache: Path) -> RunningImage | None:
         part = unpacked.with_name(unpacked.name + ".part")
         part.write_bytes(unpack_bzimage(packed, str(orig.vmlinuz)))
         part.replace(unpacked)
-    return RunningImage(unpacked.read_bytes(), str(orig.vmlinuz), orig.system_map)
+    return RunningImage(_mapped(unpacked), str(orig.vmlinuz), orig.system_map)
+
+
+def _mapped(path: Path) -> mmap.mmap:
+    """A whole image, mapped rather than read: only the functions checked are paged in."""
+    with open(path, "rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # outlives the file object
 
 
 def functions_to_check(pre: ElfObject, replaced: list[str]) -> list[Symbol]:
