@@ -34,6 +34,7 @@ the landing check covers.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import mmap
 import struct
@@ -434,7 +435,18 @@ def check_run_pre(objects: list[tuple[str, str, Path, list[str]]], orig: OrigCon
 
 def shipped_module(orig: OrigConfig, name: str) -> Path | None:
     """Module `name`'s shipped .ko in ORIG_CONFIG's modules/."""
-    return ShippedModules(orig.modules).find(name) if orig.modules is not None else None
+    if orig.modules is None:
+        return None
+    st = orig.modules.stat()  # a re-import replaces the directory: another index
+    return _shipped(orig.modules, st.st_ino, st.st_mtime_ns).find(name)
+
+
+@functools.lru_cache(maxsize=4)
+def _shipped(root: Path, inode: int, mtime: int) -> ShippedModules:
+    """One index of a module directory (4,000 files for Debian), made once: sympos and the
+    run-pre check look modules up in it object by object."""
+    del inode, mtime  # the cache's key only
+    return ShippedModules(root)
 
 
 __all__ = ["Checked", "RunPreReport", "RunningImage", "check_module_object", "check_run_pre",

@@ -182,7 +182,6 @@ class ObjectSymbols:
                            f"in {self.name} is the one from {file or 'this object'}",
                            hint="put the running kernel's unstripped vmlinux in ORIG_CONFIG")
 
-
     def _placed(self, pool: list[KSym], *, local: bool, file: str | None) -> KSym | None:
         """The namesake the run-pre check found this file's code to use, when the symbols
         are the running kernel's own (their addresses are the ones matched)."""
