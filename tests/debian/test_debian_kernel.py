@@ -199,12 +199,8 @@ def test_a_source_that_is_not_the_running_kernels_is_refused(
         debian_repo: DebianRepo, tmp_path) -> None:
     """refs/ksplice/pre one commit away from Debian's source: the fix builds, the differ
     is content, and the run-pre check finds that the pristine code is not what runs."""
-    k = debian_repo
-    clone = tmp_path / "linux"
-    env = _git_env(tmp_path)
-    _sh("git", "clone", "-q", "--shared", str(k.path), str(clone), cwd=tmp_path, env=env)
-    shutil.copytree(k.path / "ksplice", clone / "ksplice", copy_function=_link)
-    wrong = DebianRepo(clone, env, None, k.out)  # type: ignore[arg-type]
+    wrong = _clone(debian_repo, tmp_path)
+    clone = wrong.path
     wrong.git("checkout", "-q", "-b", "wrong-source")
     text = (clone / MEMINFO).read_text().replace('"Buffers:        "', '"Buffers(x):     "')
     (clone / MEMINFO).write_text(text)
@@ -217,6 +213,30 @@ def test_a_source_that_is_not_the_running_kernels_is_refused(
            "kernel's code" in r.stderr, r.stderr
     assert "not the running kernel's: refs/ksplice/pre must be" in r.stderr
     assert not tarball.exists()
+
+
+def test_a_configuration_this_machine_would_change_is_refused(
+        debian_repo: DebianRepo, tmp_path) -> None:
+    """Without pahole (here: make told of one that does not exist), Kconfig drops Debian's
+    BTF options (measured: 5, BTF for modules among them), and every object would differ:
+    refused before the tree is prepared, naming the options and the package to install."""
+    k = _clone(debian_repo, tmp_path)
+    k.git("config", "ksplice.makeArgs", "PAHOLE=/nonexistent/pahole")
+    r = k.ksplice("create", "--prebuild", "-j", "2", expect=1)
+    assert "this machine's Kconfig changes the running kernel's configuration" in r.stderr, \
+        r.stderr
+    assert "CONFIG_DEBUG_INFO_BTF_MODULES: y -> unset" in r.stderr, r.stderr
+    assert "CONFIG_PAHOLE_VERSION: 124 -> 0" in r.stderr
+    assert "apt-get install dwarves" in r.stderr
+
+
+def _clone(k: DebianRepo, tmp_path) -> DebianRepo:
+    """The tier's repository cloned with its ORIG_CONFIG, with build state of its own."""
+    clone = tmp_path / "linux"
+    env = _git_env(tmp_path)
+    _sh("git", "clone", "-q", "--shared", str(k.path), str(clone), cwd=tmp_path, env=env)
+    shutil.copytree(k.path / "ksplice", clone / "ksplice", copy_function=_link)
+    return DebianRepo(clone, env, None, k.out)  # type: ignore[arg-type]
 
 
 def _link(src: str, dst: str) -> None:

@@ -1,7 +1,7 @@
 """The build made the running kernel's (git_ksplice.toolchain): the release and compiler
 pinned from ORIG_CONFIG, a compiler that is not the running kernel's refused naming both,
 a Kconfig drift refused naming the options and the likely cause. The real compiler is run;
-the real Kconfig drift (pahole) is provoked on the kernel tier."""
+the real Kconfig drift (pahole) is provoked on the Debian tier."""
 
 from __future__ import annotations
 
