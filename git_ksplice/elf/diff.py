@@ -1,7 +1,8 @@
 """The object differ: which functions of PATCHED differ from ORIG, and what an update needs.
 
 1. correlate the symbols of the two objects (`correlate.py`);
-2. compare every unit by symbol, not offset (`compare.py`);
+2. compare every unit by symbol, not offset (`compare.py`), and act on the patch author's
+   records: callbacks, ignore marks, consent to data changes (`author.py`, `_author`);
 3. decide what cannot be redirected by ftrace and what its callers must carry instead
    (`_untraceable`), and refuse what a running kernel cannot take (`_refuse`), each refusal
    naming the symbol, the section and the reason;
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from git_ksplice.elf import names
+from git_ksplice.elf.author import AuthorRecords, Callback, DataChange, read_records
 from git_ksplice.elf.compare import CHANGED, NEW, SAME, Comparison
 from git_ksplice.elf.correlate import Correlation
 from git_ksplice.elf.extract import DiffObject, extract
@@ -92,6 +94,10 @@ class DiffResult:
     warnings: list[Finding] = field(default_factory=list)
     refusals: list[Finding] = field(default_factory=list)
     ignored: list[Finding] = field(default_factory=list)
+    #: The functions the update's livepatch runs when it loads and unloads (author.py).
+    callbacks: list[Callback] = field(default_factory=list)
+    #: Changed initialisers of existing data the author consented to (author.py).
+    data_changes: list[DataChange] = field(default_factory=list)
     #: The diff object; None when there is no change or the change is refused.
     output: DiffObject | None = None
 
@@ -117,6 +123,8 @@ class DiffResult:
             "warnings": [w.as_json() for w in self.warnings],
             "refusals": [r.as_json("reason") for r in self.refusals],
             "ignored_changes": [i.as_json() for i in self.ignored],
+            "callbacks": [c.as_json() for c in self.callbacks],
+            "data_changes": [d.as_json() for d in self.data_changes],
             "output": output_path,
         }
 
@@ -146,8 +154,10 @@ class _Differ:
         self.res.ignored.extend(Finding(*i) for i in self.cmp.ignored)
         #: Included units in order of inclusion; each one's `Unit.included` says why.
         self.included: list[Unit] = []
+        self.author = AuthorRecords()
 
     def run(self) -> DiffResult:
+        self._author()
         self._untraceable()
         self._refuse()
         if not self.res.refusals:
@@ -155,7 +165,7 @@ class _Differ:
         if self.included and not self.res.refusals:
             self._reduce_tables()
             self._check_included()
-        if self.res.refusals or not self.included:
+        if self.res.refusals or not (self.included or self.res.data_changes):
             return self.res
         self._report()
         replaced = {u for u in self.included
@@ -174,6 +184,29 @@ class _Differ:
         self.res.refusals.append(Finding(unit.label if unit else None,
                                          section or (unit.section.name if unit else None),
                                          reason))
+
+    # -- the patch author's records -------------------------------------------------------
+
+    def _author(self) -> None:
+        """Honour what the patch says about itself (author.py) before anything is judged:
+        ignored functions and sections count as unchanged, and say so; callbacks and
+        consented data changes are taken up by `_include` and `_refuse_data`."""
+        rec = self.author = read_records(self.p)
+        self.res.refusals.extend(Finding(*problem) for problem in rec.problems)
+        for u, macro in rec.ignored_functions:
+            if u.status != SAME:
+                self._leave_out(u, f"marked with {macro}")
+        ignored = set(rec.ignored_sections)
+        for u in self.p.units:
+            if u.section.name in ignored and u.status != SAME:
+                self._leave_out(u, f"its section {u.section.name} is marked with "
+                                "KPATCH_IGNORE_SECTION")
+        self.res.callbacks = [cb for cb, _ in rec.callbacks]
+
+    def _leave_out(self, u: Unit, why: str) -> None:
+        self.res.ignored.append(Finding(u.label, u.section.name,
+                                        f"{u.status} but left out of the update: {why}"))
+        u.status = SAME
 
     # -- what ftrace cannot redirect -----------------------------------------------------
 
@@ -224,7 +257,7 @@ class _Differ:
         for u, sec, _ in self.p.referrers(unit):
             if u is None:
                 kind = sec.kind
-                if kind in (Kind.TABLE, Kind.MCOUNT, Kind.IGNORED):
+                if kind in (Kind.TABLE, Kind.MCOUNT, Kind.IGNORED, Kind.AUTHOR):
                     continue  # tables describing the code, not calls
                 return [], sec.name
             if u is unit:
@@ -288,11 +321,14 @@ class _Differ:
             if o is not None and o.size != u.size:
                 self._refusal(u, None, f"existing data resized ({o.size} -> {u.size} "
                               "bytes): the running kernel's object cannot grow or shrink")
+            elif u in self.author.consent:
+                self._consented(u)
             else:
                 self._refusal(u, None, f"changed initialiser of existing data ({reason}): "
                               "the running kernel's copy holds live state and is not "
-                              "re-initialised; make the change in code (a livepatch "
-                              "callback or a shadow variable)")
+                              "re-initialised; if the new value must reach it, say so with "
+                              "KSPLICE_APPLY_DATA_CHANGE() or KSPLICE_ACCEPT_DATA_CHANGE() "
+                              "and a post-patch callback (ksplice-patch.h)")
         elif u.kind == Kind.RODATA and st == CHANGED and u.init_users:
             users = ", ".join(sorted(u.init_users))
             self._refusal(u, None, f"changed read-only data ({reason}) used by __init code "
@@ -314,6 +350,25 @@ class _Differ:
                 u.label, u.section.name,
                 "new writable variable: it starts from its initial value when the update "
                 "loads, and its state is lost if a later update replaces this one"))
+
+    def _consented(self, u: Unit) -> None:
+        """A changed initialiser the author acknowledged (author.py): with `apply`, the
+        update's own post-patch callback writes the new value, so it must be plain bytes."""
+        mode, macro = self.author.consent[u]
+        assert u.symbol is not None
+        if mode == "apply" and u.relocs:
+            self._refusal(u, None, f"{macro}({u.label}): the new initialiser holds addresses "
+                          "(relocations), which the update cannot write as bytes; use "
+                          "KSPLICE_ACCEPT_DATA_CHANGE() and set it in a post-patch callback")
+            return
+        self.res.data_changes.append(DataChange(u.label, u.section.name, u.size, mode,
+                                                u.data(), u.symbol.is_local, macro))
+        self.res.warnings.append(Finding(u.label, u.section.name, (
+            f"changed initialiser ({u.reason}) accepted with {macro}: the update's "
+            "post-patch callback writes the new value over the running kernel's copy and "
+            "puts the old one back before the update unloads") if mode == "apply" else (
+            f"changed initialiser ({u.reason}) accepted with {macro}: the running kernel's "
+            "copy keeps its value until the patch's own callback sets it")))
 
     def _refuse_registration(self, u: Unit) -> None:
         """Tables the kernel reads once, when it boots or loads a module (exports, module
@@ -363,6 +418,8 @@ class _Differ:
                 self._include_unit(u, u.carried if u.carried is not None else "changed", work)
             elif st == NEW and u.symbol is not None and not u.symbol.is_local:
                 self._include_unit(u, "new", work)
+        for cb, u in self.author.callbacks:
+            self._include_unit(u, f"{cb.slot} callback ({cb.macro})", work)
         for u in self.p.units:
             if u.status == NEW and u.symbol is not None and not u.symbol.is_local \
                     and u.kind in (Kind.DATA, Kind.RODATA):

@@ -34,6 +34,7 @@ class Kind(StrEnum):
     MODINFO = "modinfo"
     PERCPU = "percpu"
     IGNORED = "ignored"  # build notes, objtool annotations, debug info
+    AUTHOR = "author"  # the patch author's records: callbacks, ignore marks (elf/author.py)
     UNKNOWN = "unknown"
 
 
@@ -94,11 +95,80 @@ _IGNORED_PREFIXES = (
     ".comment", ".note", ".discard", ".llvm", ".debug", ".BTF", ".eh_frame", ".gnu.", ".GCC",
     ".stab", ".gcc_except_table",
 )
+
+
+@dataclass(frozen=True)
+class RecordSpec:
+    """A section the macros of the patch author's header write (git_ksplice/include), with
+    kpatch's and Ksplice's names: one record per macro use, read by elf/author.py and never
+    copied into the update."""
+
+    name: str
+    #: Bytes per record; the first field is the address of what the record names.
+    entry_size: int
+    #: callback, ignore-function, ignore-section, accept-data, apply-data or unsupported.
+    what: str
+    #: The livepatch callback slot a callback runs in (struct klp_callbacks' member), or
+    #: fail_patch: run by the pre-patch slot when a pre-patch callback fails.
+    slot: str = ""
+    #: klp: fn(struct klp_object *), as klp_callbacks takes; void: void fn(void); int: int
+    #: fn(void), Ksplice's hooks that may fail.
+    signature: str = "klp"
+    macro: str = ""
+
+
+def _ksplice_hook(name: str, slot: str, signature: str) -> RecordSpec:
+    return RecordSpec(f".ksplice_call_{name}", 8, "callback", slot, signature,
+                      f"ksplice_{name}")
+
+
+AUTHOR_RECORDS = {
+    spec.name: spec
+    for spec in (
+        RecordSpec(".kpatch.callbacks.pre_patch", 16, "callback", "pre_patch", "klp",
+                   "KPATCH_PRE_PATCH_CALLBACK"),
+        RecordSpec(".kpatch.callbacks.post_patch", 16, "callback", "post_patch", "klp",
+                   "KPATCH_POST_PATCH_CALLBACK"),
+        RecordSpec(".kpatch.callbacks.pre_unpatch", 16, "callback", "pre_unpatch", "klp",
+                   "KPATCH_PRE_UNPATCH_CALLBACK"),
+        RecordSpec(".kpatch.callbacks.post_unpatch", 16, "callback", "post_unpatch", "klp",
+                   "KPATCH_POST_UNPATCH_CALLBACK"),
+        # kpatch's older load and unload hooks: void fn(void).
+        RecordSpec(".kpatch.hooks.load", 16, "callback", "post_patch", "void",
+                   "KPATCH_LOAD_HOOK"),
+        RecordSpec(".kpatch.hooks.unload", 16, "callback", "pre_unpatch", "void",
+                   "KPATCH_UNLOAD_HOOK"),
+        # Ksplice's hooks, in the order Ksplice ran them within a slot. Ksplice's "check"
+        # and "apply" hooks ran inside stop_machine around the switch; livepatch has no
+        # such moment, so they run just before and just after it.
+        _ksplice_hook("pre_apply", "pre_patch", "int"),
+        _ksplice_hook("check_apply", "pre_patch", "int"),
+        _ksplice_hook("apply", "post_patch", "void"),
+        _ksplice_hook("post_apply", "post_patch", "void"),
+        _ksplice_hook("fail_apply", "fail_patch", "void"),
+        _ksplice_hook("pre_reverse", "pre_unpatch", "int"),
+        _ksplice_hook("check_reverse", "pre_unpatch", "int"),
+        _ksplice_hook("reverse", "post_unpatch", "void"),
+        _ksplice_hook("post_reverse", "post_unpatch", "void"),
+        _ksplice_hook("fail_reverse", "", "void"),
+        RecordSpec(".kpatch.ignore.functions", 8, "ignore-function",
+                   macro="KPATCH_IGNORE_FUNCTION"),
+        RecordSpec(".kpatch.ignore.sections", 8, "ignore-section",
+                   macro="KPATCH_IGNORE_SECTION"),
+        RecordSpec(".kpatch.force", 8, "unsupported", macro="KPATCH_FORCE_UNSAFE"),
+        RecordSpec(".ksplice.data_change.accept", 8, "accept-data",
+                   macro="KSPLICE_ACCEPT_DATA_CHANGE"),
+        RecordSpec(".ksplice.data_change.apply", 8, "apply-data",
+                   macro="KSPLICE_APPLY_DATA_CHANGE"),
+    )
+}
 _DATA_NAMES = {"__tracepoints", "__verbose", "__dyndbg", ".ref.data"}
 
 
 def classify(sec: Section) -> Kind:
     name = sec.name
+    if name in AUTHOR_RECORDS:
+        return Kind.AUTHOR
     if name in TABLES:
         return Kind.TABLE
     if name in ("__mcount_loc", "__patchable_function_entries"):

@@ -153,7 +153,11 @@ class ObjectIndex:
             if sec.type == SHT_GROUP or kind in (Kind.IGNORED, Kind.TABLE, Kind.MCOUNT):
                 continue  # tables describe units; they are reduced, not compared
             offsets = [r.offset for r in sec.relocs]
-            named = [s for s in sec.symbols if s.type in (STT_FUNC, STT_OBJECT)]
+            # clang names some string literals (`.L.str.1`, OBJECT symbols) and leaves the
+            # rest of the section unnamed: a string section is one unit all the same, as
+            # gcc's are, so that every literal in it can be found and carried.
+            named = [] if kind == Kind.STRINGS else [
+                s for s in sec.symbols if s.type in (STT_FUNC, STT_OBJECT)]
             # Aliases (the same bytes under two names: SYSCALL_DEFINE0 makes __x64_sys_foo
             # an alias of __do_sys_foo) are one unit, named by the global one: two would
             # mean two ftrace sites at one address, which breaks ftrace when loaded.
