@@ -199,18 +199,21 @@ def view_cmd(tarball: str | None, update_id: str | None, as_json: bool) -> None:
               "files, earlier updates' tarballs for a stack, or names of the running "
               "kernel's shipped modules (ORIG_CONFIG's modules/; loaded after what they "
               "depend on) (repeatable).")
+@click.option("--expect-load-failure", "refused", is_flag=True,
+              help="The update must refuse to load here (a pre-patch callback that checks "
+                   "the machine): loading it fails, and nothing stays patched or loaded.")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds for the boot.")
 @click.option("--keep", metavar="DIR", help="Keep the initramfs and console log in DIR.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 def try_cmd(tarball: str, kernel: str | None, check: str | None, modules: tuple[str, ...],
-            timeout: float, keep: str | None, as_json: bool) -> None:
+            refused: bool, timeout: float, keep: str | None, as_json: bool) -> None:
     """Boot KERNEL under qemu and prove the update: load, check, undo.
 
     Exit status: 0 every step did what it should, 1 otherwise.
     """
     from git_ksplice.commands.try_update import run
 
-    sys.exit(run(tarball, kernel, check, modules, timeout, as_json, keep))
+    sys.exit(run(tarball, kernel, check, modules, timeout, as_json, keep, refused=refused))
 
 
 @cli.command("series")

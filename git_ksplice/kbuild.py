@@ -2,7 +2,8 @@
 
 Plain files and make, no git: both the workflow (`build`, `pipeline`) and the livepatch module
 builder use it, so that facts about kbuild are written once:
-- `KSPLICE_KCFLAGS`, what git-ksplice adds to the kernel's compiler flags;
+- `KSPLICE_KCFLAGS`, what git-ksplice adds to the kernel's compiler flags, and the include
+  directory of the patch author's headers (`install_author_headers`);
 - which target (vmlinux or a module) each compiled unit links into, from kbuild's own records
   (`modules.order`, `.mod` files, `vmlinux.a`/`built-in.a`), and where a module's `.ko` is;
 - the environment a make of ours runs in, and the small make calls: `kernelrelease`, an
@@ -23,6 +24,10 @@ from git_ksplice.errors import BuildError
 #: data object, so that the differ can compare and extract them one by one.
 KSPLICE_KCFLAGS = "-ffunction-sections -fdata-sections"
 
+#: The headers a patch includes for the author's API (callbacks, ignore marks, data
+#: changes; `ksplice-patch.h` and kpatch's names), shipped in the package.
+AUTHOR_HEADERS = Path(__file__).resolve().parent / "include"
+
 #: Variables of an outer make (a `make` that runs git-ksplice) that must not reach ours: its
 #: jobserver and flags would take over our -j and our targets.
 _OUTER_MAKE = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")
@@ -35,14 +40,39 @@ def make_environment(*, without_kcflags: bool = False) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in drop}
 
 
-def with_ksplice_kcflags(make_args: list[str]) -> list[str]:
-    """`KCFLAGS=...` for make with our flags added to any the user's arguments already give
-    (the user's one removed from the list: make takes the last)."""
+def install_author_headers(where: Path) -> Path:
+    """The package's patch-author headers copied into `where`, which is returned: the
+    directory both builds of a tree get with -I.
+
+    Copied rather than pointed at: -I is part of every object's command line, so a path that
+    moved with the tool (another venv, another checkout) would make kbuild rebuild the whole
+    tree. A file is rewritten only when it differs, so that kbuild rebuilds what includes it
+    only when it changed."""
+    where.mkdir(parents=True, exist_ok=True)
+    for header in sorted(AUTHOR_HEADERS.glob("*.h")):
+        dst = where / header.name
+        data = header.read_bytes()
+        try:
+            if dst.read_bytes() == data:
+                continue
+        except FileNotFoundError:
+            pass
+        tmp = dst.with_name(dst.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(dst)
+    return where
+
+
+def with_ksplice_kcflags(make_args: list[str], include: Path | None = None) -> list[str]:
+    """`KCFLAGS=...` for make with our flags (and `-I include`, the author's headers) added
+    to any the user's arguments already give (the user's one removed from the list: make
+    takes the last)."""
     args = list(make_args)
-    kcflags = KSPLICE_KCFLAGS
+    kcflags = KSPLICE_KCFLAGS + (f" -I{include}" if include is not None else "")
+    ours = kcflags
     for i, a in enumerate(args):
         if a.startswith("KCFLAGS="):
-            kcflags = a.split("=", 1)[1] + " " + KSPLICE_KCFLAGS
+            kcflags = a.split("=", 1)[1] + " " + ours
             del args[i]
             break
     return [f"KCFLAGS={kcflags}", *args]

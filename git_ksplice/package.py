@@ -167,7 +167,9 @@ class Summary:
     timestamp: int | None
     series: bool | None
     targets: list[str]
-    #: (target, object, function name, `changed` or `new`), sorted by target and object
+    #: (target, object, name, what): what is `changed` or `new` for a function, `callback`
+    #: (the name says its slot), `left out` (an author's ignore mark), `data` (a consented
+    #: data change); sorted by target and object
     functions: list[tuple[str, str, str, str]]
 
     @classmethod
@@ -179,6 +181,12 @@ class Summary:
                               for f in o.get("changed_functions", [])]
                 functions += [(target, obj, f["name"], "new")
                               for f in o.get("new_functions", [])]
+                functions += [(target, obj, f"{c['function']} ({c['slot'] or 'never runs'}, "
+                               f"{c['macro']})", "callback") for c in o.get("callbacks", [])]
+                functions += [(target, obj, f"{i['symbol']} ({i['message']})", "left out")
+                              for i in o.get("left_out", [])]
+                functions += [(target, obj, f"{d['name']} ({d['mode']}, {d['macro']})", "data")
+                              for d in o.get("data_changes", [])]
         return cls(manifest.get("id"), manifest.get("pre"), manifest.get("post"),
                    manifest.get("timestamp"), manifest.get("series"),
                    sorted(manifest.get("targets", {})), functions)
@@ -194,6 +202,9 @@ def compose_manifest(origin: Provenance, changed: list[ChangedObject], extra: li
             "changed_functions": [f.as_json() for f in c.result.changed],
             "new_functions": [f.as_json() for f in c.result.new],
             "warnings": [w.as_json() for w in c.result.warnings],
+            "callbacks": [cb.as_json() for cb in c.result.callbacks],
+            "left_out": [i.as_json() for i in c.result.left_out],
+            "data_changes": [d.as_json() for d in c.result.data_changes],
         }
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT, "id": origin.id, "description": origin.description,
@@ -207,6 +218,10 @@ def compose_manifest(origin: Provenance, changed: list[ChangedObject], extra: li
             "module": module.name, "vermagic": module.vermagic,
             "functions": [{"target": f.target, "name": f.old_name, "sympos": f.sympos}
                           for f in module.funcs],
+            "callbacks": [{"target": c.target, "slot": c.slot, "function": c.function,
+                           "macro": c.macro} for c in module.callbacks],
+            "data_changes": [{"target": d.target, "name": d.name, "size": len(d.value)}
+                             for d in module.data_changes],
             "klp_relocations": module.klp_relocations,
             "warnings": module.warnings, "signed": module.signed or ""}
     return manifest
@@ -441,8 +456,12 @@ class Required:
 #: `str` (a mapping: every value), or a dict of field names (a record; fields optional unless
 #: Required). `object` is anything.
 _FUNCTION = {"name": Required(str), "size": int, "sympos": int}
+_CALLBACK = {"slot": str, "function": Required(str), "signature": str, "macro": str}
+_LEFT_OUT = {"symbol": Required(str), "section": str, "message": str}
+_DATA_CHANGE = {"name": Required(str), "section": str, "size": int, "mode": str, "macro": str}
 _OBJECT = {"changed_functions": [_FUNCTION], "new_functions": [_FUNCTION],
-           "warnings": [object]}
+           "warnings": [object], "callbacks": [_CALLBACK], "left_out": [_LEFT_OUT],
+           "data_changes": [_DATA_CHANGE]}
 SCHEMA: dict[str, object] = {
     "format": int, "id": str, "description": str, "mode": str, "series": bool,
     "pre": str, "post": str, "timestamp": int, "compiler": str, "tool": str,
@@ -450,6 +469,9 @@ SCHEMA: dict[str, object] = {
     "targets": {str: {"objects": {str: _OBJECT}}},
     "livepatch": {"module": str, "vermagic": str, "klp_relocations": int,
                   "functions": [{"target": str, "name": Required(str), "sympos": int}],
+                  "callbacks": [{"target": str, "slot": str, "function": Required(str),
+                                 "macro": str}],
+                  "data_changes": [{"target": str, "name": Required(str), "size": int}],
                   "warnings": [str], "signed": str},
 }
 

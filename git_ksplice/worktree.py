@@ -29,7 +29,12 @@ from pathlib import Path
 from git_ksplice.errors import BuildError, InputError
 from git_ksplice.faults import checkpoint
 from git_ksplice.files import replace_file
-from git_ksplice.kbuild import is_linux_tree, make_environment, with_ksplice_kcflags
+from git_ksplice.kbuild import (
+    install_author_headers,
+    is_linux_tree,
+    make_environment,
+    with_ksplice_kcflags,
+)
 from git_ksplice.origconfig import OrigConfig
 from git_ksplice.progress import Reporter, Silent
 from git_ksplice.repo import Repo
@@ -65,8 +70,9 @@ class BuildSettings:
         return BuildSettings(self.jobs, self.make_args, self.verbose, self.reporter,
                              list(targets), None)
 
-    def command(self) -> list[str]:
-        cmd = ["make", f"-j{self.jobs}", *with_ksplice_kcflags(self.make_args)]
+    def command(self, include: Path | None = None) -> list[str]:
+        """The make command; `include`: the directory of the author's headers."""
+        cmd = ["make", f"-j{self.jobs}", *with_ksplice_kcflags(self.make_args, include)]
         if self.verbose >= 2:
             cmd.append("V=1")
         return cmd + self.targets
@@ -267,7 +273,7 @@ class WorkTree:
         """Run make in the tree, its output to `log` (after what is there, with `append`).
         Returns how many objects it compiled."""
         log.parent.mkdir(parents=True, exist_ok=True)
-        cmd = settings.command()
+        cmd = settings.command(install_author_headers(self.build_dir / "patch-include"))
         compiled = 0
         tail: list[str] = []
         env = make_environment()

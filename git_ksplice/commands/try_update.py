@@ -5,6 +5,9 @@ earlier updates, or shipped modules by name with what they depend on), runs
 the check (it must fail: the bug is there), loads the update and waits for the livepatch
 transition to finish, runs the check (it must pass), disables and removes the update, and
 runs the check again (it must fail: the update is undone cleanly). Each step is reported.
+With `--expect-load-failure` the update must refuse to load instead (a pre-patch callback
+that returns an error), leaving nothing patched and no module behind, and the check must
+still fail.
 The update's target modules (and their dependencies) are in the guest's /lib/modules with
 a modules.dep, so that a check can `modprobe` one after the update is loaded.
 """
@@ -57,16 +60,22 @@ for m in $(cat modules.list); do
     for d in /sys/kernel/livepatch/*; do [ -e "$d/transition" ] && wait_transition "$d"; done
 done
 check check-before
-insmod /ksplice/update.ko; step load-update $?
 LP=/sys/kernel/livepatch/@MOD@
-wait_transition $LP && [ "$(cat $LP/enabled)" = 1 ]; step transition $?
-check check-after
-echo 0 > $LP/enabled; step disable $?
-i=0
-while [ -e $LP ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
-[ ! -e $LP ]; step unpatched $?
-rmmod @MOD@; step remove $?
-check check-undone
+if insmod /ksplice/update.ko; then
+    step load-update 0
+    wait_transition $LP && [ "$(cat $LP/enabled)" = 1 ]; step transition $?
+    check check-after
+    echo 0 > $LP/enabled; step disable $?
+    i=0
+    while [ -e $LP ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+    [ ! -e $LP ]; step unpatched $?
+    rmmod @MOD@; step remove $?
+    check check-undone
+else
+    step load-update 1
+    [ ! -e $LP ] && ! grep -q "^@MOD@ " /proc/modules; step nothing-left $?
+    check check-refused
+fi
 dmesg | grep -i -E 'livepatch|ksplice|klp|oops|bug' | tail -20 | sed 's/^/  dmesg: /'
 echo "@@ksplice done rc=0@@"
 reboot -f
@@ -84,6 +93,16 @@ _EXPECT = {
     "check-undone": False,
     "done": True,
 }
+
+#: What each step must return when the update must refuse to load (--expect-load-failure).
+_EXPECT_REFUSED = {
+    "check-before": False,
+    "load-update": False,
+    "nothing-left": True,
+    "check-refused": False,
+    "done": True,
+}
+_CHECKS = ("check-before", "check-after", "check-undone", "check-refused")
 
 
 def _livepatch(path: str) -> tuple[str, str, bytes, list[str]]:
@@ -134,7 +153,7 @@ def _guest_module_directory(targets: list[str], shipped: ShippedModules | None,
 
 
 def run(tarball: str, kernel: str | None, check: str | None, modules: tuple[str, ...],
-        timeout: float, as_json: bool, keep: str | None) -> int:
+        timeout: float, as_json: bool, keep: str | None, *, refused: bool = False) -> int:
     kernel = kernel_image(kernel)
     update_id, modname, ko, targets = _livepatch(tarball)
     orig = repository_orig_config()
@@ -163,10 +182,10 @@ def run(tarball: str, kernel: str | None, check: str | None, modules: tuple[str,
     session = qemu.run(Path(kernel), qemu.make_initramfs(files, init), workdir=workdir,
                        timeout=timeout)
     expected = {f"load-module:{Path(n).stem}": True for n in names}
-    expected.update(_EXPECT)
+    expected.update(_EXPECT_REFUSED if refused else _EXPECT)
     if check is None:
-        for k in ("check-before", "check-after", "check-undone"):
-            expected.pop(k)
+        for k in _CHECKS:
+            expected.pop(k, None)
     rows = []
     ok = True
     for step, want_success in expected.items():
@@ -190,7 +209,8 @@ def run(tarball: str, kernel: str | None, check: str | None, modules: tuple[str,
             got = "missing" if r["rc"] is None else f"rc={r['rc']}"
             ui.console.print(f"  {r['step']:22} expected to {r['expected']:4}  {got:8} "
                              f"{status}")
-        verdict = "[green]the update works[/]" if ok else "[bold red]the update failed[/]"
+        verdict = ("[green]the update refuses to load, as it should[/]" if refused else
+                   "[green]the update works[/]") if ok else "[bold red]the update failed[/]"
         ui.console.print(f"{verdict} ({session.seconds:.1f}s"
                          f"{', timed out' if session.timed_out else ''})"
                          + (f"; console: {escape(str(log))}" if log else ""))

@@ -94,6 +94,8 @@ class DiffResult:
     warnings: list[Finding] = field(default_factory=list)
     refusals: list[Finding] = field(default_factory=list)
     ignored: list[Finding] = field(default_factory=list)
+    #: Changes the author's KPATCH_IGNORE_FUNCTION/SECTION marks left out (author.py).
+    left_out: list[Finding] = field(default_factory=list)
     #: The functions the update's livepatch runs when it loads and unloads (author.py).
     callbacks: list[Callback] = field(default_factory=list)
     #: Changed initialisers of existing data the author consented to (author.py).
@@ -123,6 +125,7 @@ class DiffResult:
             "warnings": [w.as_json() for w in self.warnings],
             "refusals": [r.as_json("reason") for r in self.refusals],
             "ignored_changes": [i.as_json() for i in self.ignored],
+            "left_out": [i.as_json() for i in self.left_out],
             "callbacks": [c.as_json() for c in self.callbacks],
             "data_changes": [d.as_json() for d in self.data_changes],
             "output": output_path,
@@ -202,10 +205,14 @@ class _Differ:
                 self._leave_out(u, f"its section {u.section.name} is marked with "
                                 "KPATCH_IGNORE_SECTION")
         self.res.callbacks = [cb for cb, _ in rec.callbacks]
+        for cb, u in rec.callbacks:
+            if not cb.slot:
+                self.res.warnings.append(Finding(u.label, u.section.name, (
+                    f"{cb.macro}({cb.function}) never runs: livepatch cannot fail an undo")))
 
     def _leave_out(self, u: Unit, why: str) -> None:
-        self.res.ignored.append(Finding(u.label, u.section.name,
-                                        f"{u.status} but left out of the update: {why}"))
+        self.res.left_out.append(Finding(u.label, u.section.name,
+                                         f"{u.status} but left out of the update: {why}"))
         u.status = SAME
 
     # -- what ftrace cannot redirect -----------------------------------------------------

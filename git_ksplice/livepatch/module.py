@@ -8,6 +8,11 @@ that stands for one `(object, name, sympos)`. A C file with one `klp_object` per
 one `klp_func` per replaced function is generated, and kbuild builds the module against the
 pristine tree: vermagic, `__versions` and modpost are the running kernel's.
 
+The patch author's callbacks (elf/author.py) get global aliases too (`__ksplice_cb_<n>`),
+and each target's `klp_callbacks` are generated functions that call them in order, with
+Ksplice's argument-less hooks adapted and consented data changes written and restored
+(`_callback_source`).
+
 Phase 2, after the link (linkers keep neither `SHN_LIVEPATCH` symbols nor two relocation
 sections for one section): every relocation against a placeholder moves to
 `.klp.rela.<object>.<section>`, against a `.klp.sym.<object>.<name>,<sympos>` symbol with
@@ -29,6 +34,7 @@ from git_ksplice.elf.model import (
     RELOC_SIZES,
     SHN_UNDEF,
     STB_GLOBAL,
+    STB_LOCAL,
     STB_WEAK,
     STT_FILE,
     STT_FUNC,
@@ -55,6 +61,8 @@ from git_ksplice.progress import Reporter, Silent
 SHN_LIVEPATCH = 0xFF20
 _PLACEHOLDER = "__ksplice_klp_"
 _ALIAS = "__ksplice_new_"
+_CALLBACK_ALIAS = "__ksplice_cb_"
+_SLOTS = ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")
 _OBJNAME = re.compile(r"^[^.]{1,55}$")
 
 
@@ -77,10 +85,32 @@ class KlpFunc:
 
 
 @dataclass
+class KlpCallback:
+    target: str
+    slot: str  # a klp_callbacks member, or fail_patch
+    alias: str
+    signature: str  # klp, void or int (sections.RecordSpec)
+    function: str
+    macro: str
+
+
+@dataclass
+class KlpDataChange:
+    target: str
+    name: str
+    #: how the generated C names the running kernel's variable: a placeholder (a klp
+    #: relocation) or, for an exported one, its own name
+    symbol: str
+    value: bytes
+
+
+@dataclass
 class ModuleBuild:
     name: str
     ko: Path
     funcs: list[KlpFunc] = field(default_factory=list)
+    callbacks: list[KlpCallback] = field(default_factory=list)
+    data_changes: list[KlpDataChange] = field(default_factory=list)
     klp_relocations: int = 0
     vermagic: str = ""
     #: the objects (vmlinux, modules) the klp relocations resolve against
@@ -194,6 +224,8 @@ class _Links:
     placeholder standing for each (object, name, sympos) the loader cannot resolve."""
 
     funcs: list[KlpFunc] = field(default_factory=list)
+    callbacks: list[KlpCallback] = field(default_factory=list)
+    data_changes: list[KlpDataChange] = field(default_factory=list)
     placeholders: dict[tuple[str, str, int], Symbol] = field(default_factory=dict)
     #: the symbol type of each placeholder's target (a .klp.sym keeps it)
     types: dict[tuple[str, str, int], int] = field(default_factory=dict)
@@ -221,10 +253,10 @@ def build_module(req: ModuleRequest, reporter: Reporter | None = None) -> Module
     links = _Links()
     shipped = [_ship_object(n, po, resolver, links, req.work)
                for n, po in enumerate(req.objects)]
-    if not links.funcs and not any(po.result.new for po in req.objects):
+    if not (links.funcs or links.callbacks or links.data_changes
+            or any(po.result.new for po in req.objects)):
         raise RefusedError("the update replaces no traceable function")
-    (req.work / "ksplice_patch.c").write_text(_patch_source(name, links.funcs,
-                                                            req.description))
+    (req.work / "ksplice_patch.c").write_text(_patch_source(name, links, req.description))
     (req.work / "Kbuild").write_text(f"obj-m := {name}.o\n{name}-y := ksplice_patch.o "
                                      + " ".join(shipped) + "\n")
     build_external_module(req.tree, req.work, req.make_args, req.jobs, req.log,
@@ -232,7 +264,8 @@ def build_module(req: ModuleRequest, reporter: Reporter | None = None) -> Module
     ko = req.work / f"{name}.ko"
     klp_relocations = _finish(ko, {p.name: w for w, p in links.placeholders.items()},
                               links.types)
-    build = ModuleBuild(name, ko, links.funcs, klp_relocations,
+    build = ModuleBuild(name, ko, links.funcs, links.callbacks, links.data_changes,
+                        klp_relocations,
                         vermagic=_modinfo(ko).get("vermagic", ""),
                         klp_objects={w[0] for w in links.placeholders})
     check_module(ko)
@@ -254,6 +287,8 @@ def _ship_object(n: int, po: PatchedObject, resolver: _Resolver, links: _Links,
     file = next((s.name for s in out.symbols if s.type == STT_FILE), None)
     symbols = list(out.symbols) + _aliases(po, out, resolver, links, file, neighbours,
                                            new_object=pristine is None)
+    symbols += _callback_aliases(po, out, links)
+    _data_changes(po, resolver, links, file, neighbours)
     for sec in out.sections:
         for i, r in enumerate(sec.relocs):
             if r.symbol.section is not None or r.symbol.type == STT_FILE:
@@ -291,6 +326,37 @@ def _aliases(po: PatchedObject, out: DiffObject, resolver: _Resolver, links: _Li
     return aliases
 
 
+def _callback_aliases(po: PatchedObject, out: DiffObject, links: _Links) -> list[Symbol]:
+    """A global alias for each callback function of the object, for the generated C."""
+    aliases = []
+    for cb in po.result.callbacks:
+        fn = next((s for s in out.symbols if s.name == cb.function and s.section is not None
+                   and s.type == STT_FUNC), None)
+        if fn is None:
+            raise RefusedError(f"the callback {cb.function} ({cb.macro}) is not in the diff "
+                               f"object of {po.path}")
+        alias = f"{_CALLBACK_ALIAS}{len(links.callbacks)}"
+        aliases.append(Symbol(alias, fn.value, fn.size, STB_GLOBAL, STT_FUNC,
+                              section=fn.section))
+        links.callbacks.append(KlpCallback(po.target, cb.slot, alias, cb.signature,
+                                           cb.function, cb.macro))
+    return aliases
+
+
+def _data_changes(po: PatchedObject, resolver: _Resolver, links: _Links, file: str | None,
+                  neighbours: set[str]) -> None:
+    """Where each data change the update applies lands in the running kernel: through a
+    placeholder (a klp relocation, resolved in phase 2), or by name when exported."""
+    for dc in po.result.data_changes:
+        if dc.mode != "apply":
+            continue
+        sym = Symbol(dc.name, 0, dc.size, STB_LOCAL if dc.is_local else STB_GLOBAL,
+                     STT_OBJECT, special_shndx=SHN_UNDEF)
+        where = resolver.klp_target(sym, po.target, file, neighbours)
+        name = dc.name if where is None else links.placeholder(where, STT_OBJECT).name
+        links.data_changes.append(KlpDataChange(po.target, dc.name, name, dc.value))
+
+
 def check_against_running(module: ModuleBuild, orig: OrigConfig) -> None:
     """Refuse a module the running kernel would refuse: another vermagic, or CRCs of the
     symbols it uses that differ from the running kernel's Module.symvers."""
@@ -324,30 +390,37 @@ def module_warnings(module: ModuleBuild) -> list[str]:
     return out
 
 
-def _patch_source(name: str, funcs: list[KlpFunc], description: str) -> str:
-    targets: dict[str, list[KlpFunc]] = {}
-    for f in funcs:
-        targets.setdefault(f.target, []).append(f)
+def _patch_source(name: str, links: _Links, description: str) -> str:
+    """The module's C: one klp_object per target with its klp_funcs and callbacks."""
+    targets: list[str] = []
+    for t in [f.target for f in links.funcs] + [c.target for c in links.callbacks] \
+            + [d.target for d in links.data_changes]:
+        if t not in targets:
+            targets.append(t)
     lines = [
         f"/* Generated by git-ksplice: the livepatch of update {name}. */",
         "#include <linux/module.h>",
         "#include <linux/kernel.h>",
         "#include <linux/livepatch.h>",
+        "#include <linux/string.h>",
         "",
     ]
-    for f in funcs:
-        lines.append(f"extern char {f.alias}[];")
+    lines += [f"extern char {f.alias}[];" for f in links.funcs]
     lines.append("")
-    for i, fs in enumerate(targets.values()):
+    for i, target in enumerate(targets):
         lines.append(f"static struct klp_func ksplice_funcs_{i}[] = {{")
-        for f in fs:
-            lines.append(f'\t{{ .old_name = "{f.old_name}", .new_func = {f.alias}, '
-                         f".old_sympos = {f.sympos} }},")
+        for f in links.funcs:
+            if f.target == target:
+                lines.append(f'\t{{ .old_name = "{f.old_name}", .new_func = {f.alias}, '
+                             f".old_sympos = {f.sympos} }},")
         lines += ["\t{ }", "};", ""]
+        lines += _callback_source(i, [c for c in links.callbacks if c.target == target],
+                                  [d for d in links.data_changes if d.target == target])
     lines.append("static struct klp_object ksplice_objs[] = {")
     for i, target in enumerate(targets):
         objname = "NULL" if target == "vmlinux" else f'"{target}"'
-        lines.append(f"\t{{ .name = {objname}, .funcs = ksplice_funcs_{i} }},")
+        lines.append(f"\t{{ .name = {objname}, .funcs = ksplice_funcs_{i}, "
+                     f".callbacks = KSPLICE_CALLBACKS_{i} }},")
     lines += ["\t{ }", "};", ""]
     desc = description.splitlines()[0].replace("\\", "\\\\").replace('"', '\\"') \
         if description.strip() else name
@@ -375,6 +448,76 @@ def _patch_source(name: str, funcs: list[KlpFunc], description: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _callback_source(i: int, callbacks: list[KlpCallback],
+                     changes: list[KlpDataChange]) -> list[str]:
+    """`ksplice_callbacks_<i>`: for each slot, a function that calls the author's callbacks
+    of the slot in order. A pre-patch callback that fails stops the load (Ksplice's
+    fail_apply hooks run first); the data changes are written after the post-patch ones'
+    switch and put back before the pre-unpatch ones' undo, mirror-wise."""
+    lines = []
+    for c in callbacks:
+        ret = "int" if c.signature == "int" or c.slot == "pre_patch" else "void"
+        args = "struct klp_object *obj" if c.signature == "klp" else "void"
+        lines.append(f"extern {ret} {c.alias}({args});  /* {c.function}, {c.macro} */")
+    for n, d in enumerate(changes):
+        values = ", ".join(f"{b:#04x}" for b in d.value)
+        lines += [f"extern char {d.symbol}[] __attribute__((weak));  /* {d.name} */",
+                  f"static const unsigned char ksplice_value_{i}_{n}[{len(d.value)}] = "
+                  f"{{ {values} }};",
+                  f"static unsigned char ksplice_saved_{i}_{n}[{len(d.value)}];"]
+    members = []
+    for slot in _SLOTS:
+        body = _slot_body(slot, [c for c in callbacks if c.slot == slot],
+                          [c for c in callbacks if c.slot == "fail_patch"], i, changes)
+        if not body:
+            continue
+        ret = "int" if slot == "pre_patch" else "void"
+        lines += ["", f"static {ret} ksplice_{slot}_{i}(struct klp_object *obj)", "{", *body,
+                  "}"]
+        members.append(f".{slot} = ksplice_{slot}_{i},")
+    # klp_object holds its callbacks by value: a constant initialiser, not a variable.
+    lines += ["", f"#define KSPLICE_CALLBACKS_{i} {{ " + " ".join(members) + " }", ""]
+    return lines
+
+
+def _call(c: KlpCallback) -> str:
+    return f"{c.alias}({'obj' if c.signature == 'klp' else ''})"
+
+
+def _slot_body(slot: str, calls: list[KlpCallback], failed: list[KlpCallback], i: int,
+               changes: list[KlpDataChange]) -> list[str]:
+    """The statements of one slot's function (none: the slot is left empty)."""
+    writes = [f"\tmemcpy(ksplice_saved_{i}_{n}, {d.symbol}, sizeof(ksplice_saved_{i}_{n}));\n"
+              f"\tmemcpy({d.symbol}, ksplice_value_{i}_{n}, sizeof(ksplice_value_{i}_{n}));"
+              for n, d in enumerate(changes)]
+    restores = [f"\tmemcpy({d.symbol}, ksplice_saved_{i}_{n}, sizeof(ksplice_saved_{i}_{n}));"
+                for n, d in enumerate(changes)]
+    if slot == "pre_patch":
+        if not calls:
+            return []
+        body = ["\tint ret;", ""]
+        for c in calls:
+            body += [f"\tret = {_call(c)};", "\tif (ret)", "\t\tgoto failed;"]
+        body += ["\treturn 0;", "failed:",
+                 '\tpr_warn("%s: a pre-patch callback refused the update (%d)\\n", '
+                 "THIS_MODULE->name, ret);"]
+        body += [f"\t{_call(c)};" for c in failed]
+        return [*body, "\treturn ret;"]
+    body = []
+    for c in calls:
+        if c.signature == "int":
+            body += ["\tif (" + _call(c) + ")",
+                     f'\t\tpr_warn("%s: {c.function} failed, and an undo cannot be '
+                     'refused\\n", THIS_MODULE->name);']
+        else:
+            body.append(f"\t{_call(c)};")
+    if slot == "post_patch":
+        return writes + body
+    if slot == "pre_unpatch":
+        return body + restores
+    return body
 
 
 def _finish(ko: Path, where_of: dict[str, tuple[str, str, int]], types: dict) -> int:

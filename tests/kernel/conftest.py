@@ -157,12 +157,12 @@ class KernelRepo:
         """What `try` boots: the running kernel's image."""
         return self.running.bzimage
 
-    def try_update(self, tarball: Path, check: str, modules: tuple[Path, ...] = ()
-                   ) -> subprocess.CompletedProcess:
+    def try_update(self, tarball: Path, check: str, modules: tuple[Path, ...] = (), *,
+                   refused: bool = False) -> subprocess.CompletedProcess:
         script = self.out / f"{tarball.stem}.check.sh"
         script.write_text("#!/bin/sh\n" + check + "\n")
         args = ["try", str(tarball), "--kernel", str(self.kernel_image()), "--check",
-                str(script)]
+                str(script), *(["--expect-load-failure"] if refused else [])]
         for m in modules:
             args += ["--modules", str(m)]
         return self.ksplice(*args, expect=None)
