@@ -332,9 +332,11 @@ class _Run:
             f"the change alters the layout of {listed}: objects the running kernel already "
             "allocated keep the old layout, and the new code would read and write them at "
             "the wrong offsets",
-            hint="keep new members in a shadow variable (klp_shadow_alloc/klp_shadow_get) "
-                 "instead; if no object of the type can exist while the update is loaded, "
-                 "pass --allow-layout-change")
+            hint="keep new members in a shadow variable instead, attached to each object "
+                 "with klp_shadow_get_or_alloc() and freed in a post-unpatch callback (see "
+                 "\"Shadow variables\" in ksplice-patch.h, which the patch can #include, "
+                 "and in the README); if no object of the type can exist while the update "
+                 "is loaded, pass --allow-layout-change")
 
     # -- builds --------------------------------------------------------------------------
 

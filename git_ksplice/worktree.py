@@ -273,7 +273,11 @@ class WorkTree:
         """Run make in the tree, its output to `log` (after what is there, with `append`).
         Returns how many objects it compiled."""
         log.parent.mkdir(parents=True, exist_ok=True)
-        cmd = settings.command(install_author_headers(self.build_dir / "patch-include"))
+        # Relative to the tree, where make and kbuild's compilers run: the command, logged
+        # and shipped in the tarball's build.log, must not name the checkout's path (an
+        # update rebuilt elsewhere is byte for byte the same).
+        include = install_author_headers(self.build_dir / "patch-include")
+        cmd = settings.command(Path(os.path.relpath(include, self.path)))
         compiled = 0
         tail: list[str] = []
         env = make_environment()

@@ -188,8 +188,13 @@ def test_orig_config_flags(warm_kernel: Kernel) -> None:
     k.commit("proc: say more", PROC_FIX)
     k.create("--id", "flags")
     command = k.log("flags").read_text().splitlines()[0]
-    assert re.fullmatch(r"\$ make -j\d+ 'KCFLAGS=-DTINY_EXTRA=1 -ffunction-sections "
-                        r"-fdata-sections' LD=ld", command), command
+    matched = re.fullmatch(r"\$ make -j\d+ 'KCFLAGS=-DTINY_EXTRA=1 -ffunction-sections "
+                           r"-fdata-sections -I(\S+)' LD=ld", command)
+    assert matched, command
+    # The author's headers, named relative to the tree (no checkout path in the log).
+    include = matched[1]
+    assert not include.startswith("/"), include
+    assert (k.tree / include / "ksplice-patch.h").is_file()
     prebuild = (k.state_dir / "logs/prebuild.log").read_text()
     assert "-DTINY_EXTRA=1" in prebuild.splitlines()[0], "the pristine tree was not rebuilt"
 
