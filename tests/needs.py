@@ -60,6 +60,8 @@ PACKAGES: tuple[Package, ...] = (
     Package("make", _commands("make"), "every tier", required=True),
     Package("git", _commands("git"), "every tier", required=True),
     Package("patch", _commands("patch"), "the workflow tier (--patch)", required=True),
+    Package("clang", _commands("clang"),
+            "the engine tier's behaviour tests built as a clang-built kernel builds them"),
     Package("ccache", _commands("ccache"), "the workflow tier's ccache test"),
     Package("man-db", _commands("man"), "the man page tests (git help runs man)"),
     Package("groff-base", _commands("nroff"), "the man page tests (man renders with groff)"),

@@ -80,6 +80,9 @@ class Comparison:
         if this is not None and sym is not None and sym is this.symbol:
             return ("self", t.offset)
         if sym is not None and names.is_special_static(sym.name, sec.name if sec else None):
+            if names.is_constant_static(sym.name) and sym.unit is not None:
+                return ("constant", names.demangle(sym.name), t.addend,
+                        *self._constant_key(index, sym.unit, patched))
             return ("bookkeeping", names.demangle(sym.name), t.addend)
         if sec is not None and (sec.kind == Kind.STRINGS or sec.flags & SHF_STRINGS):
             off = t.offset if sym is None else sym.value + t.offset
@@ -122,6 +125,22 @@ class Comparison:
                 keys.append((r.offset - piece.start, r.type,
                              *self.target_key(index, t, patched)))
         return (piece.data(), tuple(keys))
+
+    def _constant_key(self, index: ObjectIndex, unit: Unit, patched: bool
+                      ) -> tuple[Any, ...]:
+        """A per-use-site constant (a CSWTCH table) by its contents: its bytes and what its
+        relocations point to, constants among them by name only (no recursion)."""
+        keys = []
+        for r in unit.relocs:
+            t = index.target(r, unit)
+            inner = t.symbol
+            if inner is not None and names.is_special_static(
+                    inner.name, t.section.name if t.section else None):
+                keys.append((r.offset - unit.start, r.type, names.demangle(inner.name)))
+            else:
+                keys.append((r.offset - unit.start, r.type,
+                             *self.target_key(index, t, patched, unit)))
+        return (unit.data(), tuple(keys))
 
     def reloc_keys(self, index: ObjectIndex, unit: Unit, patched: bool) -> list[tuple[Any, ...]]:
         return [(r.offset - unit.start, r.type,

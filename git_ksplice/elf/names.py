@@ -34,6 +34,10 @@ _SPECIAL_STATIC_PREFIXES = (
     "___tp_str.",  # tracepoint_string() pointers
 )
 
+# Of those, the ones whose contents are constants the code reads (a switch's table of
+# values, a compound literal): a changed value changes the function that uses them.
+_CONSTANT_STATIC_PREFIXES = ("CSWTCH.", "__compound_literal.", "switch.table.")
+
 # Compiler-made data with no name a running kernel could be searched for: UBSAN source
 # locations and type descriptors, clang's unnamed constants.
 _UNNAMED_DATA_SECTIONS = (".data..Lubsan", ".data..L__unnamed", ".rodata..L__unnamed")
@@ -63,7 +67,23 @@ def is_special_static(name: str, section_name: str | None) -> bool:
         return True
     if section_name and section_name.startswith(_UNNAMED_DATA_SECTIONS):
         return True
-    return name.startswith(_SPECIAL_STATIC_PREFIXES)
+    return name.startswith(_SPECIAL_STATIC_PREFIXES) or \
+        _local_name(name).startswith(_SPECIAL_STATIC_PREFIXES)
+
+
+def _local_name(name: str) -> str:
+    """A function-scope static's name as gcc spells it (`_rs.3`): clang spells it after its
+    function instead (`show_stats._rs`), which gives `_rs.` here."""
+    owner, _, variable = _NUMBERED.sub("", name).rpartition(".")
+    if owner and variable:
+        return variable + "."
+    return name
+
+
+def is_constant_static(name: str) -> bool:
+    """A per-use-site static whose bytes are part of what its function does, not state."""
+    return name.startswith(_CONSTANT_STATIC_PREFIXES) or \
+        _local_name(name).startswith(_CONSTANT_STATIC_PREFIXES)
 
 
 def is_numbered_static(name: str) -> bool:

@@ -1,14 +1,17 @@
 """Shared helpers for the engine tests: compile kernel-style objects, run the differ, inspect ELF.
 
-The behaviour tests build tiny C files with the system gcc using the same code-generation
-flags the x86_64 kernel uses (function/data sections, kernel code model, ``__fentry__`` calls
-recorded in ``__mcount_loc``), then run ``python -m git_ksplice diff-object`` on the pair.
+The behaviour tests build tiny C files with the system gcc, and again with clang (the
+compiler of clang-built kernels: Android's, ChromeOS's, some distributions'), using the
+code-generation flags the x86_64 kernel uses with each (function/data sections, kernel code
+model, ``__fentry__`` calls recorded in ``__mcount_loc``), then run
+``python -m git_ksplice diff-object`` on the pair.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -19,6 +22,8 @@ from typing import Any, NamedTuple
 import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
+
+from tests.needs import require
 
 REPO_ROOT: Path = Path(__file__).resolve().parents[2]
 
@@ -62,15 +67,56 @@ _RESULT_FOR_EXIT = {
 SOURCE_NAME = "unit.c"
 
 
-def compile_c(source: str, workdir: Path, extra_flags: Sequence[str] = ()) -> Path:
-    """Compile ``source`` as ``workdir/unit.c`` with the kernel flags; return the object path."""
+#: The compilers the behaviour tests run under: the kernel is built with either.
+COMPILERS: tuple[str, ...] = ("gcc", "clang")
+
+#: KERNEL_CFLAGS as the kernel's Makefile gives them to clang: no x87 either, and no
+#: -mrecord-mcount, which clang does not have on x86 (kbuild then has objtool write
+#: ``__mcount_loc`` after compiling: CONFIG_FTRACE_MCOUNT_USE_OBJTOOL).
+CLANG_CFLAGS: tuple[str, ...] = (
+    *(f for f in KERNEL_CFLAGS if f != "-mrecord-mcount"), "-mno-80387", "-fno-pie")
+
+_FENTRY_CALL = re.compile(r"^\s*callq?\s+__fentry__\s*$", re.M)
+
+
+def _record_mcount(assembly: str) -> str:
+    """``assembly`` with each ``call __fentry__`` recorded in ``__mcount_loc``, as objtool
+    --mcount records it for a clang-built kernel (and gcc's -mrecord-mcount for gcc)."""
+    count = 0
+
+    def record(call: re.Match[str]) -> str:
+        nonlocal count
+        count += 1
+        label = f".Lksplice_test_mcount{count}"
+        return (f"{label}:\n{call[0]}\n\t.pushsection __mcount_loc,\"a\",@progbits\n"
+                f"\t.quad {label}\n\t.popsection")
+
+    return _FENTRY_CALL.sub(record, assembly)
+
+
+def _run_compiler(cmd: list[str], workdir: Path) -> None:
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"{cmd[0]} failed for {workdir / SOURCE_NAME}:\n{proc.stderr}")
+
+
+def compile_c(source: str, workdir: Path, extra_flags: Sequence[str] = (),
+              compiler: str = "gcc") -> Path:
+    """Compile ``source`` as ``workdir/unit.c`` with the kernel flags of ``compiler``;
+    return the object path."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / SOURCE_NAME).write_text(source)
     obj = workdir / "unit.o"
-    cmd = ["gcc", *KERNEL_CFLAGS, *extra_flags, "-c", SOURCE_NAME, "-o", obj.name]
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        pytest.fail(f"gcc failed for {workdir / SOURCE_NAME}:\n{proc.stderr}")
+    if compiler == "gcc":
+        _run_compiler(["gcc", *KERNEL_CFLAGS, *extra_flags, "-c", SOURCE_NAME,
+                       "-o", obj.name], workdir)
+        return obj
+    assembly = workdir / "unit.s"
+    _run_compiler([compiler, *CLANG_CFLAGS, *extra_flags, "-S", SOURCE_NAME,
+                   "-o", assembly.name], workdir)
+    assembly.write_text(_record_mcount(assembly.read_text()))
+    _run_compiler([compiler, *CLANG_CFLAGS, *extra_flags, "-c", assembly.name,
+                   "-o", obj.name], workdir)
     return obj
 
 
@@ -171,8 +217,9 @@ class Workbench:
     call ``diff()``, whose output object is ``tmp_path/out.o``.
     """
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, compiler: str = "gcc") -> None:
         self.tmp_path = tmp_path
+        self.compiler = compiler
         self.orig = tmp_path / "orig" / "unit.o"
         self.patched = tmp_path / "patched" / "unit.o"
         self.out = tmp_path / "out.o"
@@ -180,18 +227,20 @@ class Workbench:
     def build(
         self, orig_src: str, patched_src: str, cflags: Sequence[str] = ()
     ) -> tuple[Path, Path]:
-        self.orig = compile_c(orig_src, self.tmp_path / "orig", cflags)
-        self.patched = compile_c(patched_src, self.tmp_path / "patched", cflags)
+        self.orig = compile_c(orig_src, self.tmp_path / "orig", cflags, self.compiler)
+        self.patched = compile_c(patched_src, self.tmp_path / "patched", cflags, self.compiler)
         return self.orig, self.patched
 
     def diff(self, extra_args: Sequence[str] = ()) -> DiffRun:
         return run_differ(self.orig, self.patched, self.out, extra_args)
 
 
-@pytest.fixture
-def bench(tmp_path: Path) -> Workbench:
-    """A :class:`Workbench` rooted in this test's ``tmp_path``."""
-    return Workbench(tmp_path)
+@pytest.fixture(params=COMPILERS)
+def bench(request: pytest.FixtureRequest, tmp_path: Path) -> Workbench:
+    """A :class:`Workbench` rooted in this test's ``tmp_path``, once per compiler."""
+    if request.param != "gcc":
+        require(request.param)
+    return Workbench(tmp_path, request.param)
 
 
 def check_output_object(obj: Path) -> None:

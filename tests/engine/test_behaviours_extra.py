@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -296,6 +297,49 @@ def test_switch_jump_table_follows_the_function(bench: Workbench) -> None:
             assert "classify" in rel.target, f"jump table entry points elsewhere: {rel}"
 
 
+LOOKUP_SWITCH = """
+int pick(int x)
+{
+    switch (x) {
+    case 0: return 11;
+    case 1: return 27;
+    case 2: return @V@;
+    case 3: return 45;
+    case 4: return 52;
+    case 5: return 66;
+    default: return ext_work(x);
+    }
+}
+int bystander(int x) { return ext_work(x) + 3; }
+"""
+
+
+def test_switch_value_table_changes_with_its_function(bench: Workbench) -> None:
+    """A `switch` that only returns constants becomes a lookup table of the values (gcc's
+    CSWTCH.N object; clang's `.rodata..Lswitch.table.pick`, a section with no symbol in it,
+    reached through its section symbol). A fix changes one value: the code is byte for
+    byte the same, so the table's change must make its function changed and come along."""
+    orig, patched = bench.build(c_source(LOOKUP_SWITCH, V=39), c_source(LOOKUP_SWITCH, V=40))
+    assert section_bytes(orig, ".text.pick") == section_bytes(patched, ".text.pick")
+    tables = {r.target for r in function_relocations(orig, "pick")} - {"__fentry__", "ext_work"}
+    assert len(tables) == 1, tables
+
+    run = bench.diff()
+    expect_changed(run)
+    assert run.changed_names == ["pick"], run.describe()
+    out_tables = {r.target for r in function_relocations(run.out, "pick")}
+    assert any(t.startswith((".rodata", "CSWTCH")) for t in out_tables), out_tables
+    assert 40 in struct.unpack("<6i", section_bytes(run.out, _only_rodata(run.out))), \
+        "OUT's table does not hold the new value"
+
+
+def _only_rodata(obj: Path) -> str:
+    """The one read-only data section of ``obj``."""
+    names = [n for n in section_sizes(obj) if n.startswith(".rodata")]
+    assert len(names) == 1, names
+    return names[0]
+
+
 # --------------------------------------------------------------------------------------------
 # 3: unknown special sections
 
@@ -483,6 +527,9 @@ def test_cold_part_jumping_back_into_changed_parent(bench: Workbench, change: st
     function of its own but must come along, jumping back into OUT's copy of `foo`."""
     before, after = COLD_CHANGES[change]
     orig, patched = bench.build(c_source(COLD_RETURNS, **before), c_source(COLD_RETURNS, **after))
+    if bench.compiler == "clang":
+        assert "cold_parent.cold" not in text_symbols(orig)
+        pytest.skip("clang does not split cold paths into functions of their own")
     rejoin = []
     for obj in (orig, patched):
         assert "cold_parent.cold" in text_symbols(obj), text_symbols(obj)
@@ -549,10 +596,11 @@ def test_warn_once_flag_gets_a_fresh_copy(bench: Workbench) -> None:
     changes: the flag is per-call-site bookkeeping, so the patch gets its own fresh copy."""
     orig, patched = bench.build(c_source(ONCE, K=1), c_source(ONCE, K=2))
     for obj in (orig, patched):
+        # gcc names the flag __already_done.N, clang warner.__already_done.
         flags = [
             s
             for s in readelf_symbols(obj)
-            if s.name.startswith("__already_done.") and s.type == "OBJECT"
+            if "__already_done" in s.name and s.type == "OBJECT"
         ]
         assert len(flags) == 1, flags
         assert section_sizes(obj).get(".data.once") == 1
@@ -560,9 +608,44 @@ def test_warn_once_flag_gets_a_fresh_copy(bench: Workbench) -> None:
     run = bench.diff()
     expect_changed(run)
     assert run.changed_names == ["warner"], run.describe()
-    entries = [e for e in run.data["included"] if e["name"].startswith("__already_done")]
+    entries = [e for e in run.data["included"] if "__already_done" in e["name"]]
     assert entries, f"__already_done not in included\n{run.describe()}"
     assert entries[0]["why"].startswith("fresh copy"), run.describe()
+
+
+SITE_STATICS = """
+struct ratelimit_state { int interval; int burst; int printed; };
+struct lock_class_key { char dummy; };
+extern int ___ratelimit(struct ratelimit_state *rs, const char *func);
+extern void lockdep_init(void *lock, struct lock_class_key *key);
+int noisy(void *lock, int x)
+{
+    static struct ratelimit_state _rs = { 5 * 100, 10, 0 };
+    static struct lock_class_key __key;
+    lockdep_init(lock, &__key);
+    if (___ratelimit(&_rs, __func__))
+        printk("noisy");
+    return ext_work(x) + @K@;
+}
+"""
+
+
+def test_per_site_statics_get_fresh_copies(bench: Workbench) -> None:
+    """printk_ratelimited's `_rs` and spin_lock_init's lockdep `__key` are per-call-site
+    statics (gcc names them _rs.N and __key.N, clang noisy._rs and noisy.__key): a changed
+    function gets fresh ones, under either compiler's naming."""
+    bench.build(c_source(SITE_STATICS, K=1), c_source(SITE_STATICS, K=2))
+    run = bench.diff()
+    expect_changed(run)
+    assert run.changed_names == ["noisy"], run.describe()
+    for static in ("_rs", "__key"):
+        entries = [e for e in run.data["included"]
+                   if e["name"].split(".")[0 if bench.compiler == "gcc" else -1] == static]
+        assert entries, f"{static} not in included\n{run.describe()}"
+        assert entries[0]["why"].startswith("fresh copy"), run.describe()
+    refs = [r for r in function_relocations(run.out, "noisy") if r.target.endswith(
+        ("_rs", "__key")) or "_rs." in r.target or "__key." in r.target]
+    assert refs and all(r.defined for r in refs), refs
 
 
 # --------------------------------------------------------------------------------------------
@@ -580,10 +663,13 @@ def test_changed_rodata_spreads_to_its_users(bench: Workbench) -> None:
     """A fix corrects one entry of a `static const` table: the code of its user is byte
     for byte the same, but it must be patched to read a new copy of the table."""
     orig, patched = bench.build(c_source(RODATA, T2=3), c_source(RODATA, T2=30))
-    assert "table" in data_symbols(orig), "gcc folded `table` away"
-    assert ".rodata.table" in {r.target for r in function_relocations(orig, "lookup")}
+    assert "table" in data_symbols(orig), "the compiler folded `table` away"
+    # gcc gives the table a section of its own; clang puts it in a mergeable constant
+    # section (.rodata.cst16), named only by its section symbol in lookup's relocation.
+    table = {"gcc": ".rodata.table", "clang": ".rodata.cst16"}[bench.compiler]
+    assert table in {r.target for r in function_relocations(orig, "lookup")}
     assert section_bytes(orig, ".text.lookup") == section_bytes(patched, ".text.lookup")
-    assert section_bytes(orig, ".rodata.table") != section_bytes(patched, ".rodata.table")
+    assert section_bytes(orig, table) != section_bytes(patched, table)
 
     run = bench.diff()
     expect_changed(run)
