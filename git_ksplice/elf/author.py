@@ -15,6 +15,7 @@ Ignore marks and consent count wherever they are, since they describe this diff.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,15 +75,28 @@ class AuthorRecords:
 
 
 def read_records(p: ObjectIndex) -> AuthorRecords:
-    """Every record of the PATCHED object `p` (its units' statuses already set)."""
+    """Every record of the PATCHED object `p` (its units' statuses already set), in the
+    order they are to run: by kind in `AUTHOR_RECORDS`' order (Ksplice's pre-apply hooks
+    before its check-apply ones, say), then as the source wrote them."""
     found = AuthorRecords()
-    for u in p.units:
-        if u.kind != Kind.AUTHOR:
-            continue
+    records = sorted((u for u in p.units if u.kind == Kind.AUTHOR), key=_running_order)
+    for u in records:
         spec = AUTHOR_RECORDS[u.section.name]
         for offset in range(u.start, u.start + max(u.size, 1), spec.entry_size):
             _read_one(p, u, spec, offset, found)
     return found
+
+
+_KINDS = {name: i for i, name in enumerate(AUTHOR_RECORDS)}
+_COUNTER = re.compile(r"(\d+)$")
+
+
+def _running_order(u: Unit) -> tuple[int, int, int]:
+    """gcc emits a file's static variables in reverse, so the records' offsets are no
+    guide to the source's order; the macros name each record `__UNIQUE_ID_<kind><n>`, and
+    `n` (`__COUNTER__`) counts up through the file."""
+    counter = _COUNTER.search(u.symbol.name) if u.symbol is not None else None
+    return (_KINDS[u.section.name], int(counter[1]) if counter else -1, u.start)
 
 
 def _read_one(p: ObjectIndex, record: Unit, spec: RecordSpec, offset: int,

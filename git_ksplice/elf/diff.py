@@ -376,6 +376,12 @@ class _Differ:
             "puts the old one back before the update unloads") if mode == "apply" else (
             f"changed initialiser ({u.reason}) accepted with {macro}: the running kernel's "
             "copy keeps its value until the patch's own callback sets it")))
+        if mode == "accept" and not any(cb.slot == "post_patch"
+                                        for cb, _ in self.author.callbacks):
+            self.res.warnings.append(Finding(u.label, u.section.name, (
+                f"{macro}({u.label}) but this file registers no post-patch callback: unless "
+                "another file of the update sets it, the new value never reaches the "
+                "running kernel")))
 
     def _refuse_registration(self, u: Unit) -> None:
         """Tables the kernel reads once, when it boots or loads a module (exports, module

@@ -67,7 +67,7 @@ struct klp_object;
 #define __KSPLICE_CALLBACK(kind, type, fn)						\
 	static struct { __typeof__(type) call; const char *objname; }				\
 	__UNIQUE_ID(ksplice_##kind##_) __KSPLICE_RECORD(".kpatch.callbacks." #kind) =	\
-		{ .call = (fn), .objname = NULL }
+		{ .call = (fn), .objname = (const char *)0 }
 
 #define KPATCH_PRE_PATCH_CALLBACK(fn) \
 	__KSPLICE_CALLBACK(pre_patch, int (*)(struct klp_object *), fn);
@@ -82,7 +82,7 @@ struct klp_object;
 #define __KSPLICE_HOOK(kind, fn)							\
 	static struct { void (*call)(void); const char *objname; }			\
 	__UNIQUE_ID(ksplice_hook_) __KSPLICE_RECORD(".kpatch.hooks." #kind) =		\
-		{ .call = (fn), .objname = NULL }
+		{ .call = (fn), .objname = (const char *)0 }
 #define KPATCH_LOAD_HOOK(fn) __KSPLICE_HOOK(load, fn);
 #define KPATCH_UNLOAD_HOOK(fn) __KSPLICE_HOOK(unload, fn);
 

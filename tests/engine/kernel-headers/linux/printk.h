@@ -1,0 +1,2 @@
+int printk(const char *fmt, ...);
+int printk_deferred(const char *fmt, ...);
