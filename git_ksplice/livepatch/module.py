@@ -11,7 +11,8 @@ pristine tree: vermagic, `__versions` and modpost are the running kernel's.
 The patch author's callbacks (elf/author.py) get global aliases too (`__ksplice_cb_<n>`),
 and each target's `klp_callbacks` are generated functions that call them in order, with
 Ksplice's argument-less hooks adapted and consented data changes written and restored
-(`_callback_source`).
+(`_callback_source`). On kernels before 6.3 a module target's callbacks also clear the
+module's livepatch relocations when it goes, so that it can load again (reload.py).
 
 Phase 2, after the link (linkers keep neither `SHN_LIVEPATCH` symbols nor two relocation
 sections for one section): every relocation against a placeholder moves to
@@ -48,6 +49,7 @@ from git_ksplice.elf.model import (
 from git_ksplice.elf.writer import serialize, write_object
 from git_ksplice.errors import RefusedError
 from git_ksplice.kbuild import build_external_module, module_file
+from git_ksplice.livepatch import reload
 from git_ksplice.livepatch.symbols import (
     ObjectSymbols,
     module_symbols,
@@ -256,7 +258,9 @@ def build_module(req: ModuleRequest, reporter: Reporter | None = None) -> Module
     if not (links.funcs or links.callbacks or links.data_changes
             or any(po.result.new for po in req.objects)):
         raise RefusedError("the update replaces no traceable function")
-    (req.work / "ksplice_patch.c").write_text(_patch_source(name, links, req.description))
+    clearing = _relocation_clearing(req.tree, links)
+    (req.work / "ksplice_patch.c").write_text(_patch_source(name, links, req.description,
+                                                            clearing))
     (req.work / "Kbuild").write_text(f"obj-m := {name}.o\n{name}-y := ksplice_patch.o "
                                      + " ".join(shipped) + "\n")
     build_external_module(req.tree, req.work, req.make_args, req.jobs, req.log,
@@ -390,7 +394,28 @@ def module_warnings(module: ModuleBuild) -> list[str]:
     return out
 
 
-def _patch_source(name: str, links: _Links, description: str) -> str:
+@dataclass
+class _Clearing:
+    """The module targets whose relocations the module clears when they go (reload.py),
+    and the placeholder standing for each vmlinux symbol that needs."""
+
+    targets: set[str]
+    names: dict[str, str]
+
+
+def _relocation_clearing(tree: Path, links: _Links) -> _Clearing | None:
+    targets = {where[0] for where in links.placeholders} - {"vmlinux"}
+    if not targets or reload.kernel_clears_relocations(tree):
+        return None
+    names = {}
+    for symbol, decl in reload.KERNEL_SYMBOLS:
+        kind = STT_FUNC if "(" in decl else STT_OBJECT
+        names[symbol] = links.placeholder(("vmlinux", symbol, 0), kind).name
+    return _Clearing(targets, names)
+
+
+def _patch_source(name: str, links: _Links, description: str,
+                  clearing: _Clearing | None = None) -> str:
     """The module's C: one klp_object per target with its klp_funcs and callbacks."""
     targets: list[str] = []
     for t in [f.target for f in links.funcs] + [c.target for c in links.callbacks] \
@@ -405,6 +430,8 @@ def _patch_source(name: str, links: _Links, description: str) -> str:
         "#include <linux/string.h>",
         "",
     ]
+    if clearing is not None:
+        lines += reload.clear_source(clearing.names)
     lines += [f"extern char {f.alias}[];" for f in links.funcs]
     lines.append("")
     for i, target in enumerate(targets):
@@ -415,7 +442,8 @@ def _patch_source(name: str, links: _Links, description: str) -> str:
                              f".old_sympos = {f.sympos} }},")
         lines += ["\t{ }", "};", ""]
         lines += _callback_source(i, [c for c in links.callbacks if c.target == target],
-                                  [d for d in links.data_changes if d.target == target])
+                                  [d for d in links.data_changes if d.target == target],
+                                  clear=clearing is not None and target in clearing.targets)
     lines.append("static struct klp_object ksplice_objs[] = {")
     for i, target in enumerate(targets):
         objname = "NULL" if target == "vmlinux" else f'"{target}"'
@@ -451,11 +479,13 @@ def _patch_source(name: str, links: _Links, description: str) -> str:
 
 
 def _callback_source(i: int, callbacks: list[KlpCallback],
-                     changes: list[KlpDataChange]) -> list[str]:
+                     changes: list[KlpDataChange], *, clear: bool = False) -> list[str]:
     """`ksplice_callbacks_<i>`: for each slot, a function that calls the author's callbacks
     of the slot in order. A pre-patch callback that fails stops the load (Ksplice's
     fail_apply hooks run first); the data changes are written after the post-patch ones'
-    switch and put back before the pre-unpatch ones' undo, mirror-wise."""
+    switch and put back before the pre-unpatch ones' undo, mirror-wise. With `clear`, the
+    target's relocations are cleared after its post-unpatch callbacks and when a pre-patch
+    one refuses it (reload.py)."""
     lines = []
     for c in callbacks:
         ret = "int" if c.signature == "int" or c.slot == "pre_patch" else "void"
@@ -470,7 +500,8 @@ def _callback_source(i: int, callbacks: list[KlpCallback],
     members = []
     for slot in _SLOTS:
         body = _slot_body(slot, [c for c in callbacks if c.slot == slot],
-                          [c for c in callbacks if c.slot == "fail_patch"], i, changes)
+                          [c for c in callbacks if c.slot == "fail_patch"], i, changes,
+                          clear)
         if not body:
             continue
         ret = "int" if slot == "pre_patch" else "void"
@@ -487,8 +518,9 @@ def _call(c: KlpCallback) -> str:
 
 
 def _slot_body(slot: str, calls: list[KlpCallback], failed: list[KlpCallback], i: int,
-               changes: list[KlpDataChange]) -> list[str]:
+               changes: list[KlpDataChange], clear: bool) -> list[str]:
     """The statements of one slot's function (none: the slot is left empty)."""
+    forget = ["\tksplice_clear_relocations(obj);"] if clear else []
     writes = [f"\tmemcpy(ksplice_saved_{i}_{n}, {d.symbol}, sizeof(ksplice_saved_{i}_{n}));\n"
               f"\tmemcpy({d.symbol}, ksplice_value_{i}_{n}, sizeof(ksplice_value_{i}_{n}));"
               for n, d in enumerate(changes)]
@@ -504,7 +536,7 @@ def _slot_body(slot: str, calls: list[KlpCallback], failed: list[KlpCallback], i
                  '\tpr_warn("%s: a pre-patch callback refused the update (%d)\\n", '
                  "THIS_MODULE->name, ret);"]
         body += [f"\t{_call(c)};" for c in failed]
-        return [*body, "\treturn ret;"]
+        return [*body, *forget, "\treturn ret;"]
     body = []
     for c in calls:
         if c.signature == "int":
@@ -517,6 +549,8 @@ def _slot_body(slot: str, calls: list[KlpCallback], failed: list[KlpCallback], i
         return writes + body
     if slot == "pre_unpatch":
         return body + restores
+    if slot == "post_unpatch":
+        return body + forget
     return body
 
 

@@ -3,7 +3,8 @@ the differ makes of them.
 
 Each source includes the header git-ksplice ships (`git_ksplice/include/ksplice-patch.h`,
 found as a build finds it, through `-I`), with the few kernel declarations it needs from
-`tests/engine/kernel-headers/`; each test runs under gcc and clang (the `bench` fixture).
+the tiny kernel's `include/linux/` (`examples/tiny-kernel`); each test runs under gcc and
+clang (the `bench` fixture).
 kpatch's own unit objects that use its macros (callbacks in clang-lstr, an ignored function
 in ignore-missing-ftracehook-issue-1091, an ignored section in oot-issue-928) were checked
 against kpatch's verdicts by hand: they are not in the shared corpus.
@@ -26,7 +27,7 @@ from tests.engine.conftest import (
 )
 
 AUTHOR_FLAGS = ("-I", str(REPO_ROOT / "git_ksplice" / "include"),
-                "-I", str(REPO_ROOT / "tests" / "engine" / "kernel-headers"))
+                "-I", str(REPO_ROOT / "examples" / "tiny-kernel" / "include"))
 
 HEADER = '#include "ksplice-patch.h"\n'
 

@@ -130,7 +130,9 @@ def test_a_shadow_variable_survives_across_calls(kernel_repo: KernelRepo) -> Non
 
 def test_a_modules_callback_runs_on_its_klp_object(kernel_repo: KernelRepo) -> None:
     """Callbacks in a module's file belong to the module's klp_object: samples/kobject's
-    `foo` set when the update patches the loaded module, and put back when it is undone."""
+    `foo` set when the update patches the loaded module, set again when the module is
+    reloaded under the update (livepatch runs a module's callbacks as it comes), and put
+    back when the update is undone."""
     k = kernel_repo
     m = _create_and_try(k, "module-callback", {"samples/kobject/kobject-example.c": [
         ("static int foo;\n",
@@ -141,6 +143,9 @@ def test_a_modules_callback_runs_on_its_klp_object(kernel_repo: KernelRepo) -> N
          "\tfoo = ksplice_saved_foo;\n}\n"
          "KPATCH_POST_PATCH_CALLBACK(ksplice_set_foo);\n"
          "KPATCH_PRE_UNPATCH_CALLBACK(ksplice_put_foo_back);\n")]},
+        "grep -qx 4242 /sys/kernel/kobject_example/foo || exit 1\n"
+        "rmmod kobject_example && insmod \"$(grep kobject /ksplice/modules.list)\" "
+        "|| exit 2\n"
         "grep -qx 4242 /sys/kernel/kobject_example/foo",
         modules=(k.running.module("samples/kobject/kobject-example.ko"),))
     assert {(c["target"], c["slot"]) for c in m["livepatch"]["callbacks"]} == {

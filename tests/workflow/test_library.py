@@ -298,3 +298,32 @@ def test_the_queue_takes_each_landed_commit_once_and_caps_a_flood(kernel: Kernel
     assert [j.commit for j in flood] == [kernel.rev("HEAD")]
     assert flood[0].note is not None and "3 commits arrived at once" in flood[0].note
     assert [j.seq for j in hooks.Queue(Repo.discover(kernel.path).common_dir).jobs()] == [1, 2]
+
+
+def _module_source(tmp_path: Path, kernel_core: str | None) -> str:
+    """The generated C of a module with one klp relocation into the module `demo`, built
+    against a tree whose kernel/livepatch/core.c says `kernel_core` (None: none)."""
+    from git_ksplice.livepatch import module as lpmodule
+
+    tree = tmp_path / "tree"
+    if kernel_core is not None:
+        (tree / "kernel/livepatch").mkdir(parents=True)
+        (tree / "kernel/livepatch/core.c").write_text(kernel_core)
+    links = lpmodule._Links()
+    links.funcs.append(lpmodule.KlpFunc("demo", "demo_value", "__ksplice_new_0", 0))
+    links.placeholder(("demo", "level", 0), 1)
+    clearing = lpmodule._relocation_clearing(tree, links)
+    return lpmodule._patch_source("ksplice_t", links, "test", clearing)
+
+
+def test_a_module_target_clears_its_relocations_before_linux_6_3(tmp_path: Path) -> None:
+    """Linux before 6.3 leaves a going module's livepatch relocations written, and refuses
+    them on its next load: the generated C clears them in the target's post-unpatch
+    callback, through klp placeholders for text_poke and text_mutex."""
+    old = _module_source(tmp_path / "old", "static void klp_cleanup_module_patches(void)")
+    assert "static void ksplice_post_unpatch_0(struct klp_object *obj)\n{\n" \
+           "\tksplice_clear_relocations(obj);\n}" in old
+    assert re.search(r"extern void \*__ksplice_klp_\d+\(void \*addr", old)
+    assert ".post_unpatch = ksplice_post_unpatch_0," in old
+    new = _module_source(tmp_path / "new", "void klp_clear_object_relocs(struct klp_patch *p)")
+    assert "ksplice_clear_relocations" not in new and "post_unpatch" not in new

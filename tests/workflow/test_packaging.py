@@ -83,6 +83,10 @@ def test_the_wheel_carries_the_page(wheel: Path) -> None:
         assert z.read(pages[0]) == PAGE.read_bytes()
         scripts = z.read(next(n for n in z.namelist() if n.endswith("entry_points.txt")))
         assert b"git-ksplice = git_ksplice.cli:main" in scripts
+        # The patch author's headers, which create copies next to the build tree.
+        for header in ("ksplice-patch.h", "kpatch-macros.h", "kpatch-syscall.h"):
+            assert z.read(f"git_ksplice/include/{header}") == \
+                (REPO / "git_ksplice" / "include" / header).read_bytes()
 
 
 def test_pip_install_answers_git_help(wheel: Path, tmp_path: Path,

@@ -212,3 +212,32 @@ def test_through_ccache(warm_kernel: Kernel, tmp_path: Path) -> None:
     for update_id in ("cc1", "cc2"):
         assert diff_objects(read_update(k.tarball(update_id))) == plain != {}
     k.assert_tree_clean()
+
+
+
+AUTHOR_FIX = {"fs/proc.c": (
+    '\treturn scnprintf(buf, len, "uptime: up\\n");\n}\n',
+    '\treturn scnprintf(buf, len, "uptime: up (debug)\\n");\n}\n\n'
+    '#include "ksplice-patch.h"\n'
+    "KPATCH_IGNORE_FUNCTION(proc_show);\n"
+    "static int up_since;\n"
+    "static void ksplice_note_start(void) { up_since = 1; }\n"
+    "ksplice_apply(ksplice_note_start);\n")}
+
+
+def test_author_records_in_manifest_and_view(warm_kernel: Kernel) -> None:
+    """A patch that includes the shipped header (found without copying it: create puts its
+    directory on the build's include path) registers a Ksplice hook and marks its other
+    change ignored: the manifest and `view` show the callback and what was left out."""
+    k = warm_kernel
+    k.commit("proc: note the start", AUTHOR_FIX)
+    k.create("--id", "hooks")
+    obj = manifest(read_update(k.tarball("hooks")))["targets"]["vmlinux"]["objects"]["fs/proc.o"]
+    assert obj["callbacks"] == [{"slot": "post_patch", "function": "ksplice_note_start",
+                                 "signature": "void", "macro": "ksplice_apply"}]
+    assert [e["symbol"] for e in obj["left_out"]] == ["proc_show"]
+    assert obj["changed_functions"] == []
+    shown = k.ksplice("view", "--id", "hooks").stdout
+    assert re.search(r"callback +vmlinux: ksplice_note_start \(post_patch, ksplice_apply\)",
+                     shown), shown
+    assert re.search(r"left out +vmlinux: proc_show", shown), shown

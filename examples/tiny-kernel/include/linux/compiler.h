@@ -1,4 +1,5 @@
-/* As include/linux/compiler_types.h and compiler.h define them. */
+/* The attributes and unique names of Linux's compiler_types.h and compiler.h that
+ * git-ksplice's ksplice-patch.h uses. */
 #define __used __attribute__((__used__))
 #define ___PASTE(a, b) a##b
 #define __PASTE(a, b) ___PASTE(a, b)

@@ -1,4 +1,4 @@
-/* The livepatch types and shadow-variable calls a patch uses (include/linux/livepatch.h). */
+/* The livepatch types and shadow-variable calls of Linux 6.1's linux/livepatch.h. */
 struct klp_object;
 typedef int (*klp_shadow_ctor_t)(void *obj, void *shadow_data, void *ctor_data);
 typedef void (*klp_shadow_dtor_t)(void *obj, void *shadow_data);

@@ -1,2 +1,0 @@
-int printk(const char *fmt, ...);
-int printk_deferred(const char *fmt, ...);
