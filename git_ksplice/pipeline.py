@@ -666,7 +666,7 @@ class _Run:
             self.id, objects, tree=self.tree.path, orig=self.settings.orig,
             work=self.repo.state_dir / "modules" / self.id, make_args=self.build.make_args,
             jobs=self.build.jobs, log=self.log, description=self.description,
-            module_image=self._module_image, running_addresses=resolved), self.say)
+            module_image=self._module_image, running_addresses=resolved))
         check_against_running(module, self.settings.orig)
         if self.settings.signing is not None:
             key, cert = self.settings.signing

@@ -58,7 +58,6 @@ from git_ksplice.livepatch.symbols import (
     vmlinux_symbols,
 )
 from git_ksplice.origconfig import OrigConfig
-from git_ksplice.progress import Reporter, Silent
 
 SHN_LIVEPATCH = 0xFF20
 _PLACEHOLDER = "__ksplice_klp_"
@@ -242,10 +241,9 @@ class _Links:
         return ph
 
 
-def build_module(req: ModuleRequest, reporter: Reporter | None = None) -> ModuleBuild:
+def build_module(req: ModuleRequest) -> ModuleBuild:
     """The update's livepatch module: phase 1 on each diff object, the generated C, kbuild,
     phase 2, and the loader's checks."""
-    say = reporter or Silent()
     name = f"ksplice_{req.update_id}"
     shutil.rmtree(req.work, ignore_errors=True)
     req.work.mkdir(parents=True)
@@ -273,9 +271,6 @@ def build_module(req: ModuleRequest, reporter: Reporter | None = None) -> Module
                         vermagic=_modinfo(ko).get("vermagic", ""),
                         klp_objects={w[0] for w in links.placeholders})
     check_module(ko)
-    build.warnings = module_warnings(build)
-    for w in build.warnings:
-        say.note(f"warning: {w}")
     return build
 
 
@@ -377,21 +372,6 @@ def check_against_running(module: ModuleBuild, orig: OrigConfig) -> None:
                            "running kernel's Module.symvers: " + ", ".join(bad),
                            hint="the change alters an exported symbol's type (a header "
                                 "change?); the kernel would refuse the module")
-
-
-def module_warnings(module: ModuleBuild) -> list[str]:
-    """What the kernel will do with the module that users would not expect."""
-    out = []
-    release = re.match(r"(\d+)\.(\d+)", module.vermagic)
-    reloaded = sorted(o for o in module.klp_objects if o != "vmlinux")
-    if reloaded and release and (int(release.group(1)), int(release.group(2))) < (6, 3):
-        # Without upstream 0c05e7bd2d01 ("livepatch,x86: Clear relocation targets on a
-        # module removal", merged for 6.3) the x86 loader leaves a livepatch's relocations
-        # in a module that is unloaded and refuses to apply them again when it comes back.
-        out.append(f"while this update is loaded, {', '.join(reloaded)} cannot be unloaded "
-                   "and loaded again: this kernel (before 6.3) refuses to re-apply the "
-                   "update's klp relocations to it; disable and remove the update first")
-    return out
 
 
 @dataclass
@@ -649,4 +629,4 @@ def check_versions(ko: Path, orig_symvers: Path) -> list[str]:
 
 
 __all__ = ["ModuleBuild", "ModuleRequest", "PatchedObject", "build_module",
-           "check_against_running", "check_module", "check_versions", "module_warnings"]
+           "check_against_running", "check_module", "check_versions"]
